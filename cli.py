@@ -1,0 +1,193 @@
+"""``taskctl``: enqueue, inspect and run background jobs.
+
+A thin layer: each command parses, calls the ``taskctl`` package, prints. The
+package is imported inside the commands so that ``taskctl --help`` starts fast.
+Errors the user caused exit with 2 and name the bad value; an unreachable Redis
+or a failed job exits with 1; neither shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class Command(click.Command):
+    """Turns taskctl's named errors into click's, so the user gets a message, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from taskctl import exceptions as exc
+
+        try:
+            return super().invoke(ctx)
+        except (exc.UnknownJobError, exc.InvalidArgumentsError, exc.InvalidQueueError, exc.NoSuchJobError) as error:
+            raise click.UsageError(str(error), ctx) from None
+        except exc.TaskctlError as error:
+            raise click.ClickException(str(error)) from None
+        except ConnectionError as error:  # redis-py's, raised past the package's own checks
+            from taskctl.settings import get_settings
+
+            raise click.ClickException(f"cannot reach Redis at {get_settings().redis_url_masked}: {error}") from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Background jobs for Python web applications, on RQ and Redis."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("job")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--queue", "-q", help="Queue to put the job on (default: the one the job declares).")
+@click.option(
+    "--job-timeout", type=click.IntRange(min=1), help="Seconds the job may run (default: its declared timeout)."
+)
+@click.option("--job-id", help="Use this id instead of a random one.")
+@click.option("--wait", is_flag=True, help="Block until the job ends, then print its result or its error.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up (the job goes on).",
+)
+def enqueue(
+    job: str,
+    args: tuple[str, ...],
+    queue: str | None,
+    job_timeout: int | None,
+    job_id: str | None,
+    wait: bool,
+    wait_timeout: float,
+) -> None:
+    """Put JOB on its queue with ARGS: `value` is positional, `name=value` a keyword.
+
+    Values are converted with the job's annotations: int, float, bool
+    (true/false), JSON for list and dict parameters.
+    """
+    from taskctl.catalog import get_catalog
+    from taskctl.enqueue import enqueue_call
+    from taskctl.status import result_of, wait_for
+
+    job_args, job_kwargs = get_catalog().get(job).bind_text(args)
+    rq_job = enqueue_call(job, job_args, job_kwargs, queue=queue, job_timeout=job_timeout, job_id=job_id)
+    click.echo(f"Enqueued {job} as {rq_job.id} on queue {rq_job.origin}")
+    if wait:
+        wait_for(rq_job, wait_timeout)
+        # A failed (or stopped, canceled) job raises here, and the command exits with 1.
+        click.echo(_json(result_of(rq_job)))
+
+
+@main.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Show where job JOB_ID is: its queue, state and timestamps."""
+    from taskctl.connection import connect
+    from taskctl.status import fetch_job, report
+
+    info = report(fetch_job(job_id, connect()))
+    rows = [
+        ("id", info.id),
+        ("job", info.name),
+        ("call", info.description),
+        ("queue", info.queue),
+        ("status", info.status),
+        ("enqueued at", _time(info.enqueued_at)),
+        ("started at", _time(info.started_at)),
+        ("ended at", _time(info.ended_at)),
+        ("worker", info.worker or "-"),
+    ]
+    if info.error:
+        rows.append(("error", info.error))
+    for label, value in rows:
+        click.echo(f"{label + ':':<13}{value}")
+
+
+@main.command()
+@click.argument("job_id")
+def result(job_id: str) -> None:
+    """Print the return value of finished job JOB_ID as JSON."""
+    from taskctl.connection import connect
+    from taskctl.status import fetch_job, result_of
+
+    click.echo(_json(result_of(fetch_job(job_id, connect()))))
+
+
+@main.command(name="jobs")
+def list_jobs() -> None:
+    """List the jobs in the catalog: name, default queue, arguments, what it does."""
+    from taskctl.catalog import get_catalog
+    from taskctl.settings import get_settings
+
+    settings = get_settings()
+    rows = [
+        (entry.name, entry.spec.queue or settings.default_queue, f"{entry.name}{entry.signature}", entry.summary)
+        for entry in get_catalog()
+    ]
+    _table(("JOB", "QUEUE", "SIGNATURE", "DESCRIPTION"), rows)
+
+
+@main.command()
+def queues() -> None:
+    """Show each queue's job counts, and the workers."""
+    from taskctl.connection import connect
+    from taskctl.settings import get_settings
+    from taskctl.stats import queue_stats, workers
+
+    connection = connect()
+    stats = queue_stats(connection, get_settings())
+    _table(
+        ("QUEUE", "QUEUED", "STARTED", "FINISHED", "FAILED", "DEFERRED", "SCHEDULED"),
+        [(s.name, s.queued, s.started, s.finished, s.failed, s.deferred, s.scheduled) for s in stats],
+    )
+    found = workers(connection)
+    click.echo(f"\nWorkers: {len(found)}")
+    if found:
+        _table(
+            ("WORKER", "STATE", "QUEUES", "CURRENT JOB", "LAST HEARTBEAT"),
+            [(w.name, w.state, ",".join(w.queues), w.current_job_id or "-", _time(w.last_heartbeat)) for w in found],
+        )
+
+
+@main.command()
+@click.option(
+    "--procfile",
+    type=click.Path(path_type=Path),
+    default=Path("Procfile"),
+    show_default=True,
+    help="The processes to run.",
+)
+def up(procfile: Path) -> None:
+    """Run the whole stack here: Redis (embedded if none answers), worker, scheduler, dashboard."""
+    from taskctl.settings import get_settings
+    from taskctl.stack import run_stack
+
+    raise SystemExit(run_stack(get_settings(), procfile))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The one way taskctl opens Redis: from the settings, with bounded waits.
+
+A command must fail within seconds, naming the URL it tried, when Redis is down;
+redis-py's defaults would wait for the OS's TCP timeout instead.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from taskctl.exceptions import RedisUnavailableError
+from taskctl.settings import Settings, get_settings, mask_url
+
+#: What redis-py raises when the server is away; callers catch these.
+REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+def redis_from_url(url: str, connect_timeout: float = 3.0) -> Redis:
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        # Replies come in milliseconds; 30 s only bounds a server that accepted and hung.
+        socket_timeout=30,
+        health_check_interval=30,
+    )
+
+
+def get_redis(settings: Settings | None = None) -> Redis:
+    settings = settings or get_settings()
+    return redis_from_url(settings.redis_url, settings.redis_connect_timeout)
+
+
+def connect(settings: Settings | None = None) -> Redis:
+    """A client whose server has answered a PING, or RedisUnavailableError naming the URL."""
+    settings = settings or get_settings()
+    client = get_redis(settings)
+    try:
+        client.ping()
+    except (*REDIS_DOWN_ERRORS, RedisError) as exc:
+        # RedisError too: a wrong password, or something that is not Redis on that port.
+        raise unavailable(settings.redis_url, exc) from None
+    return client
+
+
+def unavailable(url: str, exc: BaseException) -> RedisUnavailableError:
+    return RedisUnavailableError(f"cannot reach Redis at {mask_url(url)}: {exc}")

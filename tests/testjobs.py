@@ -1,0 +1,66 @@
+"""Jobs that exist only for the tests: each shows one behaviour the suite checks.
+
+The tests add this module to the catalog with TASKCTL_JOB_PACKAGES.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from taskctl.declare import job
+
+
+@job(queue="default")
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@job(queue="low")
+def typed(
+    count: int,
+    ratio: float,
+    enabled: bool,
+    tags: list[str],
+    options: dict[str, Any],
+    mode: Literal["fast", "slow"] = "fast",
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Return its arguments, to show how the CLI converted them."""
+    return {
+        "count": count,
+        "ratio": ratio,
+        "enabled": enabled,
+        "tags": tags,
+        "options": options,
+        "mode": mode,
+        "note": note,
+    }
+
+
+@job()
+def fail(message: str) -> None:
+    """Raise an error with the given message."""
+    raise RuntimeError(message)
+
+
+@job(queue="high")
+def record(path: str, label: str) -> str:
+    """Append a label and the time to a file, so tests can see what ran, and in which order."""
+    with open(path, "a") as handle:
+        handle.write(f"{label} {time.time()}\n")
+    return label
+
+
+@job()
+def slow(seconds: float) -> float:
+    """Sleep, to keep a worker busy."""
+    time.sleep(seconds)
+    return seconds
+
+
+def touch(path: str) -> None:
+    """Not a job (no @job): workers must refuse it even though it is importable."""
+    Path(path).touch()
