@@ -132,8 +132,8 @@ class CatalogEntry:
             if problem is None:
                 try:
                     json.dumps(item)
-                except (TypeError, ValueError):
-                    problem = f"{type(item).__name__} values cannot be stored as JSON"
+                except (TypeError, ValueError) as exc:
+                    problem = f"value cannot be stored as JSON ({exc})"
             if problem:
                 raise InvalidArgumentsError(f"{self.name}: parameter {pname}: {problem}", param=pname)
 

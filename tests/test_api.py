@@ -1,0 +1,65 @@
+"""The Python API a web application calls: the same checks as the CLI, raised before Redis is touched."""
+
+from __future__ import annotations
+
+import pytest
+from redis import Redis
+
+from taskctl.enqueue import enqueue, enqueue_call
+from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError, UnknownJobError
+from tests import testjobs
+
+
+def test_enqueue_by_name_or_by_function_uses_the_declared_queue(configured: str, redis: Redis) -> None:
+    by_name = enqueue("add", 1, 2)
+    by_function = enqueue(testjobs.add, a=3, b=4)
+
+    assert (by_name.origin, by_name.args, by_name.kwargs) == ("default", [1, 2], {})
+    assert (by_function.origin, by_function.args, by_function.kwargs) == ("default", [], {"a": 3, "b": 4})
+    assert redis.llen("rq:queue:default") == 2
+
+
+def test_enqueue_call_takes_queue_timeout_and_id(configured: str) -> None:
+    job = enqueue_call("add", (1, 2), queue="low", job_timeout=9, job_id="order-42-total")
+
+    assert (job.id, job.origin, job.timeout) == ("order-42-total", "low", 9)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: enqueue("add", "1", 2), InvalidArgumentsError, "add: parameter a: '1' is not an integer"),
+        (lambda: enqueue("add", True, 2), InvalidArgumentsError, "add: parameter a: True is not an integer"),
+        (
+            lambda: enqueue("add", 1),
+            InvalidArgumentsError,
+            "add(a: int, b: int) -> int: missing a required argument: 'b'",
+        ),
+        (lambda: enqueue("add", 1, 2, c=3), InvalidArgumentsError, "got an unexpected keyword argument 'c'"),
+        (
+            lambda: enqueue("typed", 1, 1.0, True, ["a"], {"when": {1, 2}}),
+            InvalidArgumentsError,
+            "typed: parameter options: value cannot be stored as JSON (Object of type set is not JSON serializable)",
+        ),
+        (
+            lambda: enqueue("typed", 1, 1, True, [], {}, mode="medium"),
+            InvalidArgumentsError,
+            "typed: parameter mode: 'medium' is not one of 'fast', 'slow'",
+        ),
+        (lambda: enqueue(testjobs.touch, "x"), UnknownJobError, "'touch' is not a catalog job"),
+        (lambda: enqueue_call("add", (1, 2), queue="urgent"), InvalidQueueError, "unknown queue 'urgent'"),
+        (
+            lambda: enqueue_call("add", (1, 2), job_timeout=-1),
+            InvalidArgumentsError,
+            "job_timeout must be a positive number of seconds, got -1",
+        ),
+    ],
+)
+def test_bad_calls_raise_before_anything_reaches_redis(
+    configured: str, redis: Redis, call: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as raised:
+        call()  # type: ignore[operator]
+
+    assert message in str(raised.value)
+    assert redis.dbsize() == 0
