@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Set-up and run in one command, on a machine that has only Python 3.11+.
+
+    python3 dev.py up      # install into .venv, then run the whole stack (taskctl up)
+    python3 dev.py test    # install into .venv with the test tools, then lint, type-check and test
+
+Both create ``.venv`` beside this file and install the project into it from
+pyproject.toml, again only when pyproject.toml has changed. Nothing here needs
+anything but the standard library, so it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def run(*command: str | Path) -> None:
+    print("+", " ".join(str(c) for c in command), flush=True)
+    subprocess.run([str(c) for c in command], cwd=ROOT, check=True)
+
+
+def install(extra: str | None) -> None:
+    """Create .venv and install the project (editable) with an optional extra, if not done already."""
+    if not (BIN / "python").exists():
+        print(f"+ creating {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    spec = f".[{extra}]" if extra else "."
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + spec.encode()).hexdigest()
+    stamp = VENV / f".installed-{extra or 'base'}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", spec)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if sys.version_info < (3, 11):
+        print(f"taskctl needs Python 3.11 or newer; this is {sys.version.split()[0]}", file=sys.stderr)
+        return 2
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    try:
+        if command == "up":
+            install(None)
+            os.chdir(ROOT)  # .env and var/ are the project's
+            os.execv(BIN / "taskctl", [str(BIN / "taskctl"), "up", "--procfile", str(ROOT / "Procfile"), *rest])
+        if command == "test":
+            install("test")
+            run(BIN / "ruff", "check", ".")
+            run(BIN / "ruff", "format", "--check", ".")
+            run(BIN / "mypy")
+            run(BIN / "python", "-m", "pytest", *rest)
+            return 0
+    except subprocess.CalledProcessError as exc:
+        return exc.returncode or 1
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
