@@ -44,7 +44,7 @@ def install(extra: str | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036  (this file runs before anything checks the version)
         print(f"taskctl needs Python 3.11 or newer; this is {sys.version.split()[0]}", file=sys.stderr)
         return 2
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
