@@ -47,7 +47,7 @@ def send_email(to: str, subject: str, body: str) -> dict[str, str]:
     message.set_content(body)
     result = {"to": to, "message_id": message["Message-ID"]}
     if not settings.smtp_url:
-        return {**result, "delivered_via": "outbox", "path": str(_write_outbox(settings.outbox_dir, message))}
+        return {**result, "delivered_via": "outbox", "path": str(_write_outbox(settings.outbox_dir, message).resolve())}
     return {**result, "delivered_via": "smtp", "host": _send_smtp(settings, message)}
 
 

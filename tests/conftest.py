@@ -19,7 +19,7 @@ from redis import Redis
 
 import cli
 from taskctl import settings as settings_module
-from taskctl.stack import redis_server
+from taskctl.stack import redis_server, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -113,9 +113,4 @@ def worker(configured: str) -> Iterator[subprocess.Popen[str]]:
         worker_command(), env=dict(os.environ), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop(process, timeout=15)
