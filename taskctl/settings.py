@@ -43,10 +43,28 @@ class Settings:
     data_dir: Path = Path("var")
     smtp_url: str = ""
     mail_from: str = "taskctl@localhost"
+    # Push/webhook endpoint; without one, notifications are appended to a JSON Lines file.
+    push_url: str = ""
+    push_token: str = ""
+    push_timeout: float = 10.0
+    # The shop's SQLite database (orders, products); None: a file in data_dir.
+    database_path: Path | None = None
 
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def push_log(self) -> Path:
+        return self.data_dir / "push.jsonl"
+
+    @property
+    def database(self) -> Path:
+        return self.database_path or self.data_dir / "shop.sqlite3"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
 
     @property
     def redis_url_masked(self) -> str:
@@ -126,6 +144,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         data_dir=Path(env.get("TASKCTL_DATA_DIR", str(defaults.data_dir))),
         smtp_url=env.get("SMTP_URL", defaults.smtp_url),
         mail_from=env.get("MAIL_FROM", defaults.mail_from),
+        push_url=env.get("PUSH_URL", defaults.push_url),
+        push_token=env.get("PUSH_TOKEN", defaults.push_token),
+        push_timeout=float(number("PUSH_TIMEOUT", defaults.push_timeout)),
+        database_path=Path(env["DATABASE_PATH"]) if env.get("DATABASE_PATH") else None,
     )
 
 
