@@ -15,4 +15,4 @@ def report_progress(done: int, total: int, message: str = "") -> None:
     if job is None:
         return
     job.meta["progress"] = {"done": done, "total": total, "message": message}
-    job.save_meta()
+    job.save_meta()  # type: ignore[no-untyped-call]
