@@ -51,6 +51,8 @@ def main() -> None:
 @click.option(
     "--job-timeout", type=click.IntRange(min=1), help="Seconds the job may run (default: its declared timeout)."
 )
+@click.option("--retries", type=click.IntRange(min=0), help="Times to try again after a failure (default: declared).")
+@click.option("--backoff", type=click.FloatRange(min=0), help="Seconds before the first retry, doubled each time.")
 @click.option("--job-id", help="Use this id instead of a random one.")
 @click.option("--wait", is_flag=True, help="Block until the job ends, then print its result or its error.")
 @click.option(
@@ -65,6 +67,8 @@ def enqueue(
     args: tuple[str, ...],
     queue: str | None,
     job_timeout: int | None,
+    retries: int | None,
+    backoff: float | None,
     job_id: str | None,
     wait: bool,
     wait_timeout: float,
@@ -79,7 +83,9 @@ def enqueue(
     from taskctl.status import result_of, wait_for
 
     job_args, job_kwargs = get_catalog().get(job).bind_text(args)
-    rq_job = enqueue_call(job, job_args, job_kwargs, queue=queue, job_timeout=job_timeout, job_id=job_id)
+    rq_job = enqueue_call(
+        job, job_args, job_kwargs, queue=queue, job_timeout=job_timeout, retries=retries, backoff=backoff, job_id=job_id
+    )
     click.echo(f"Enqueued {job} as {rq_job.id} on queue {rq_job.origin}")
     if wait:
         wait_for(rq_job, wait_timeout)
@@ -105,11 +111,13 @@ def status(job_id: str) -> None:
         ("started at", _time(info.started_at)),
         ("ended at", _time(info.ended_at)),
         ("worker", info.worker or "-"),
+        ("attempts", str(info.attempts)),
+        ("retries left", str(info.retries_left)),
     ]
     if info.error:
         rows.append(("error", info.error))
     for label, value in rows:
-        click.echo(f"{label + ':':<13}{value}")
+        click.echo(f"{label + ':':<14}{value}")
 
 
 @main.command()

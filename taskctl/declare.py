@@ -23,19 +23,40 @@ class JobSpec:
     name: str
     queue: str | None = None
     timeout: int | None = None
+    retries: int | None = None
+    backoff: float | None = None
 
 
-def job(*, name: str | None = None, queue: str | None = None, timeout: int | None = None) -> Callable[[F], F]:
-    """Declare a function as a job: ``@job(queue="high", timeout=30)``.
+def job(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: int | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> Callable[[F], F]:
+    """Declare a function as a job: ``@job(queue="high", timeout=30, retries=5, backoff=10)``.
 
     ``name`` defaults to the function's name; it is what users type
-    (``taskctl enqueue send_email ...``), so keep it stable.
+    (``taskctl enqueue send_email ...``), so keep it stable. ``retries`` is how
+    many times a failed run is tried again (0: never); ``backoff`` the first
+    wait in seconds, doubled each time up to the configured cap, with jitter.
     """
 
     def decorate(func: F) -> F:
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"job {func.__name__}: timeout must be a positive number of seconds, got {timeout}")
-        setattr(func, SPEC_ATTRIBUTE, JobSpec(name=name or func.__name__, queue=queue, timeout=timeout))
+        problems = [
+            f"{what} must be {expected}, got {value}"
+            for what, value, ok, expected in (
+                ("timeout", timeout, timeout is None or timeout > 0, "a positive number of seconds"),
+                ("retries", retries, retries is None or retries >= 0, "0 or more"),
+                ("backoff", backoff, backoff is None or backoff >= 0, "0 or more seconds"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"job {func.__name__}: " + "; ".join(problems))
+        spec = JobSpec(name=name or func.__name__, queue=queue, timeout=timeout, retries=retries, backoff=backoff)
+        setattr(func, SPEC_ATTRIBUTE, spec)
         return func
 
     return decorate

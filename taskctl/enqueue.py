@@ -15,6 +15,7 @@ from redis import Redis
 from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
 from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError
+from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
 
@@ -36,12 +37,15 @@ def enqueue_call(
     *,
     queue: str | None = None,
     job_timeout: int | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
     job_id: str | None = None,
     connection: Redis | None = None,
     settings: Settings | None = None,
 ) -> CatalogJob:
     """Validate a call to a catalog job and put it on its queue.
 
+    Unset options come from the job's declaration, then from the settings.
     Raises UnknownJobError, InvalidArgumentsError or InvalidQueueError before
     touching Redis, and RedisUnavailableError when Redis does not answer.
     """
@@ -51,6 +55,7 @@ def enqueue_call(
     entry.bind(args, kwargs)
     queue_name = resolve_queue(entry, queue, settings)
     timeout = resolve_timeout(entry, job_timeout, settings)
+    retry = make_retry(entry, retries, backoff, settings)
     connection = connection or connect(settings)
     try:
         return Queue(queue_name, connection=connection).enqueue_call(  # type: ignore[return-value]
@@ -62,6 +67,7 @@ def enqueue_call(
             failure_ttl=settings.failure_ttl,
             description=describe(entry, args, kwargs),
             job_id=job_id,
+            retry=retry,
         )
     except REDIS_DOWN_ERRORS as exc:
         raise unavailable(settings.redis_url, exc) from None

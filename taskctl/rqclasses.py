@@ -19,7 +19,12 @@ from redis import Redis
 from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
-from taskctl.exceptions import JobNotAllowedError
+from taskctl.exceptions import JobNotAllowedError, PermanentError
+
+#: Failures that another try cannot fix: they go straight to the failed jobs.
+NOT_RETRIED = (PermanentError, JobNotAllowedError)
+#: Job meta key counting the runs that raised (RQ keeps no count across retries).
+FAILED_RUNS = "failed_runs"
 
 
 class CatalogJob(rq.job.Job):
@@ -71,3 +76,12 @@ class Worker(rq.Worker):
             for q in given
         ]
         super().__init__(rebuilt, name, *args, **kwargs)
+
+    def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
+        # RQ calls this with the job's exception just before it decides on a retry:
+        # count the failed run, and let a permanent error spend no retry.
+        job.meta[FAILED_RUNS] = int(job.meta.get(FAILED_RUNS, 0)) + 1
+        job.save_meta()  # type: ignore[no-untyped-call]  # one HSET, on failures only
+        if isinstance(exc_info[1], NOT_RETRIED):
+            job.retries_left = 0
+        super().handle_exception(job, *exc_info)

@@ -29,6 +29,11 @@ class Settings:
     job_packages: tuple[str, ...] = ("jobs",)
     # Seconds a job may run before the worker stops it, unless the job declares its own.
     job_timeout: int = 180
+    # Retry policy of jobs that declare none: 3 more tries, waiting about 10 s, 20 s, 40 s
+    # (doubling, with jitter, never more than backoff_cap).
+    retries: int = 3
+    backoff: float = 10.0
+    backoff_cap: float = 600.0
     # Finished jobs and their results are kept a day; failures a week, long enough to
     # notice and requeue them, short enough not to fill Redis (RQ keeps them a year).
     result_ttl: int = 86_400
@@ -90,13 +95,15 @@ def _words(name: str, value: str) -> tuple[str, ...]:
     return items
 
 
-def _number(name: str, value: str, kind: type[int] | type[float]) -> int | float:
+def _number(name: str, value: str, kind: type[int] | type[float], minimum: float | None = None) -> int | float:
     try:
         number = kind(value)
     except ValueError:
         raise SettingsError(f"{name}={value!r} is not a valid {kind.__name__}") from None
-    if number <= 0:
+    if minimum is None and number <= 0:
         raise SettingsError(f"{name}={value!r} must be greater than 0")
+    if minimum is not None and number < minimum:
+        raise SettingsError(f"{name}={value!r} must be {minimum:g} or more")
     return number
 
 
@@ -122,8 +129,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise SettingsError(f"REDIS_URL={mask_url(redis_url)!r} must start with redis://, rediss:// or unix://")
 
-    def number(name: str, default: int | float) -> int | float:
-        return _number(name, env[name], type(default)) if name in env else default
+    def number(name: str, default: int | float, minimum: float | None = None) -> int | float:
+        return _number(name, env[name], type(default), minimum) if name in env else default
 
     return Settings(
         redis_url=redis_url,
@@ -135,6 +142,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
             else defaults.job_packages
         ),
         job_timeout=int(number("TASKCTL_JOB_TIMEOUT", defaults.job_timeout)),
+        retries=int(number("TASKCTL_RETRIES", defaults.retries, minimum=0)),
+        backoff=float(number("TASKCTL_BACKOFF", defaults.backoff, minimum=0)),
+        backoff_cap=float(number("TASKCTL_BACKOFF_CAP", defaults.backoff_cap)),
         result_ttl=int(number("TASKCTL_RESULT_TTL", defaults.result_ttl)),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         redis_connect_timeout=float(number("TASKCTL_REDIS_CONNECT_TIMEOUT", defaults.redis_connect_timeout)),

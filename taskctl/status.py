@@ -14,10 +14,12 @@ from rq.results import Result
 
 from taskctl.catalog import get_catalog
 from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, WaitTimeoutError
-from taskctl.rqclasses import CatalogJob
+from taskctl.rqclasses import FAILED_RUNS, CatalogJob
 
 #: States a job does not leave by itself.
 FINAL_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
+#: States whose current run has not been counted as a failed run.
+SUCCESS_OR_RUNNING = frozenset({JobStatus.STARTED, JobStatus.FINISHED})
 
 
 def fetch_job(job_id: str, connection: Redis) -> CatalogJob:
@@ -47,6 +49,9 @@ class JobReport:
     started_at: datetime | None
     ended_at: datetime | None
     worker: str | None
+    attempts: int
+    """Runs so far (a retry waiting to run is not counted yet)."""
+    retries_left: int
     error: str | None
     """The last line of the last failure's traceback: the exception and its message."""
 
@@ -56,7 +61,8 @@ class JobReport:
 
 
 def report(job: CatalogJob) -> JobReport:
-    status = job.get_status(refresh=True)
+    job.refresh()  # type: ignore[no-untyped-call]  # one HGETALL: status, timestamps, meta as they are now
+    status = job.get_status(refresh=False)
     latest = job.latest_result()
     error = None
     if latest is not None and latest.type == Result.Type.FAILED and latest.exc_string:
@@ -71,6 +77,8 @@ def report(job: CatalogJob) -> JobReport:
         started_at=job.started_at,
         ended_at=job.ended_at,
         worker=job.worker_name,
+        attempts=int(job.meta.get(FAILED_RUNS, 0)) + (1 if status in SUCCESS_OR_RUNNING else 0),
+        retries_left=job.retries_left or 0,
         error=error,
     )
 

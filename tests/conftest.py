@@ -90,7 +90,16 @@ def taskctl(*args: str) -> Result:
 
 def worker_command(*extra: str) -> list[str]:
     """The stock `rq worker` command, configured the way the Procfile configures it."""
-    return [str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.rqclasses.Worker", *extra]
+    return [
+        str(BIN / "rq"),
+        "worker",
+        "-c",
+        "taskctl.rqconfig",
+        "-w",
+        "taskctl.rqclasses.Worker",
+        "--with-scheduler",
+        *extra,
+    ]
 
 
 def run_burst_worker(*queues: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

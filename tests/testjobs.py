@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from taskctl.declare import job
+from taskctl.exceptions import PermanentError, TransientError
 
 
 @job(queue="default")
@@ -40,7 +41,7 @@ def typed(
     }
 
 
-@job()
+@job(retries=0)
 def fail(message: str) -> None:
     """Raise an error with the given message."""
     raise RuntimeError(message)
@@ -64,3 +65,22 @@ def slow(seconds: float) -> float:
 def touch(path: str) -> None:
     """Not a job (no @job): workers must refuse it even though it is importable."""
     Path(path).touch()
+
+
+@job(retries=2, backoff=0)
+def flaky(counter_path: str, failures: int) -> int:
+    """Fail with a TransientError the first `failures` times, then succeed; return the attempt number."""
+    path = Path(counter_path)
+    attempt = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(attempt))
+    if attempt <= failures:
+        raise TransientError(f"attempt {attempt} failed")
+    return attempt
+
+
+@job(retries=3, backoff=0)
+def refuse(counter_path: str, reason: str) -> None:
+    """Count the attempt, then raise a PermanentError: retries would not help."""
+    path = Path(counter_path)
+    path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
+    raise PermanentError(reason)

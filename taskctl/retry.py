@@ -1,0 +1,40 @@
+"""Retry policy: how many more tries, and how long to wait before each.
+
+RQ's ``Retry`` takes a fixed list of waits. The list is drawn here, once per job,
+doubling from the base wait up to a cap, each wait jittered (between half and all
+of it) so that jobs that failed together (an outage) do not all come back
+together.
+"""
+
+from __future__ import annotations
+
+import random
+
+from rq import Retry
+
+from taskctl.catalog import CatalogEntry
+from taskctl.exceptions import InvalidArgumentsError
+from taskctl.settings import Settings
+
+
+def backoff_intervals(retries: int, base: float, cap: float, rng: random.Random | None = None) -> list[int]:
+    """Whole seconds to wait before each retry; 0 means "again at once"."""
+    rng = rng or random.Random()
+    waits = []
+    for attempt in range(retries):
+        ceiling = min(cap, base * 2**attempt)
+        waits.append(0 if ceiling <= 0 else max(1, round(rng.uniform(ceiling / 2, ceiling))))
+    return waits
+
+
+def make_retry(entry: CatalogEntry, retries: int | None, backoff: float | None, settings: Settings) -> Retry | None:
+    """The Retry for one job: explicit arguments, else the job's declaration, else the settings."""
+    if retries is not None and retries < 0:
+        raise InvalidArgumentsError(f"retries must be 0 or more, got {retries}")
+    if backoff is not None and backoff < 0:
+        raise InvalidArgumentsError(f"backoff must be 0 or more seconds, got {backoff:g}")
+    count = next(v for v in (retries, entry.spec.retries, settings.retries) if v is not None)
+    base = next(v for v in (backoff, entry.spec.backoff, settings.backoff) if v is not None)
+    if count == 0:
+        return None
+    return Retry(max=count, interval=backoff_intervals(count, base, settings.backoff_cap))
