@@ -17,26 +17,36 @@ from typing import Any
 import click
 
 
+def _invoke(invoke: Any, ctx: click.Context) -> Any:
+    """Run a command, turning taskctl's named errors into click's: a message, never a traceback."""
+    from taskctl import exceptions as exc
+
+    try:
+        return invoke(ctx)
+    except (exc.UnknownJobError, exc.InvalidArgumentsError, exc.InvalidQueueError, exc.NoSuchJobError) as error:
+        raise click.UsageError(str(error), ctx) from None
+    except exc.TaskctlError as error:
+        raise click.ClickException(str(error)) from None
+    except ConnectionError as error:  # redis-py's, raised past the package's own checks
+        from taskctl.settings import get_settings
+
+        raise click.ClickException(f"cannot reach Redis at {get_settings().redis_url_masked}: {error}") from None
+
+
 class Command(click.Command):
-    """Turns taskctl's named errors into click's, so the user gets a message, never a traceback."""
-
     def invoke(self, ctx: click.Context) -> Any:
-        from taskctl import exceptions as exc
-
-        try:
-            return super().invoke(ctx)
-        except (exc.UnknownJobError, exc.InvalidArgumentsError, exc.InvalidQueueError, exc.NoSuchJobError) as error:
-            raise click.UsageError(str(error), ctx) from None
-        except exc.TaskctlError as error:
-            raise click.ClickException(str(error)) from None
-        except ConnectionError as error:  # redis-py's, raised past the package's own checks
-            from taskctl.settings import get_settings
-
-            raise click.ClickException(f"cannot reach Redis at {get_settings().redis_url_masked}: {error}") from None
+        return _invoke(super().invoke, ctx)
 
 
 class Group(click.Group):
     command_class = Command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # For the group's own callback (`taskctl failed` lists); subcommands have translated theirs.
+        return _invoke(super().invoke, ctx)
+
+
+Group.group_class = Group
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +64,7 @@ def main() -> None:
 @click.option("--retries", type=click.IntRange(min=0), help="Times to try again after a failure (default: declared).")
 @click.option("--backoff", type=click.FloatRange(min=0), help="Seconds before the first retry, doubled each time.")
 @click.option("--job-id", help="Use this id instead of a random one.")
+@click.option("--unique", is_flag=True, help="Refuse to enqueue when a job with --job-id exists already.")
 @click.option("--wait", is_flag=True, help="Block until the job ends, then print its result or its error.")
 @click.option(
     "--wait-timeout",
@@ -70,6 +81,7 @@ def enqueue(
     retries: int | None,
     backoff: float | None,
     job_id: str | None,
+    unique: bool,
     wait: bool,
     wait_timeout: float,
 ) -> None:
@@ -84,7 +96,15 @@ def enqueue(
 
     job_args, job_kwargs = get_catalog().get(job).bind_text(args)
     rq_job = enqueue_call(
-        job, job_args, job_kwargs, queue=queue, job_timeout=job_timeout, retries=retries, backoff=backoff, job_id=job_id
+        job,
+        job_args,
+        job_kwargs,
+        queue=queue,
+        job_timeout=job_timeout,
+        retries=retries,
+        backoff=backoff,
+        job_id=job_id,
+        unique=unique,
     )
     click.echo(f"Enqueued {job} as {rq_job.id} on queue {rq_job.origin}")
     if wait:
@@ -166,6 +186,87 @@ def queues() -> None:
         )
 
 
+@main.group(invoke_without_command=True)
+@click.option("--queue", "-q", help="Only this queue's failed jobs.")
+@click.pass_context
+def failed(ctx: click.Context, queue: str | None) -> None:
+    """List failed jobs: queue, call, error, attempts, when. Subcommands act on them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from taskctl.connection import connect
+    from taskctl.failures import list_failed
+    from taskctl.settings import get_settings
+
+    found = list_failed(connect(), get_settings(), queue)
+    if not found:
+        click.echo("No failed jobs.")
+        return
+    _table(
+        ("JOB ID", "QUEUE", "CALL", "ERROR", "ATTEMPTS", "FAILED AT"),
+        [(f.id, f.queue, _cut(f.description, 50), _cut(f.error, 80), f.attempts, _time(f.failed_at)) for f in found],
+    )
+
+
+@failed.command(name="show")
+@click.argument("job_id")
+def failed_show(job_id: str) -> None:
+    """Print the whole traceback of failed job JOB_ID."""
+    from taskctl.connection import connect
+    from taskctl.failures import full_error
+    from taskctl.status import fetch_job
+
+    click.echo(full_error(fetch_job(job_id, connect())) or f"job {job_id} has no recorded failure")
+
+
+def _select(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -> list[str]:
+    from taskctl.connection import connect
+    from taskctl.failures import failed_job_ids
+    from taskctl.settings import get_settings
+
+    if bool(job_ids) == all_jobs:
+        raise click.UsageError("give job ids or --all (not both)")
+    if queue and not all_jobs:
+        raise click.UsageError("--queue goes with --all")
+    return list(job_ids) if job_ids else [job_id for _, job_id in failed_job_ids(connect(), get_settings(), queue)]
+
+
+@failed.command(name="requeue")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_jobs", is_flag=True, help="Every failed job (of --queue, if given).")
+@click.option("--queue", "-q", help="With --all: only this queue.")
+def failed_requeue(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -> None:
+    """Put failed jobs back on their queues for one more try."""
+    from taskctl.connection import connect
+    from taskctl.failures import requeue
+
+    done = requeue(_select(job_ids, all_jobs, queue), connect())
+    click.echo(f"Requeued {len(done)} job(s).")
+
+
+@failed.command(name="delete")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_jobs", is_flag=True, help="Every failed job (of --queue, if given).")
+@click.option("--queue", "-q", help="With --all: only this queue.")
+def failed_delete(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -> None:
+    """Delete failed jobs for good."""
+    from taskctl.connection import connect
+    from taskctl.failures import delete
+
+    done = delete(_select(job_ids, all_jobs, queue), connect())
+    click.echo(f"Deleted {len(done)} job(s).")
+
+
+@main.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel job JOB_ID if it has not started yet."""
+    from taskctl.connection import connect
+    from taskctl.failures import cancel as cancel_job
+
+    cancel_job(job_id, connect())
+    click.echo(f"Cancelled {job_id}.")
+
+
 @main.command()
 @click.option(
     "--procfile",
@@ -184,6 +285,10 @@ def up(procfile: Path) -> None:
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _time(moment: datetime | None) -> str:

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import Redis
+from rq.exceptions import DuplicateJobError as RQDuplicateJobError
 
 from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
-from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError
+from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError
 from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
@@ -40,12 +41,15 @@ def enqueue_call(
     retries: int | None = None,
     backoff: float | None = None,
     job_id: str | None = None,
+    unique: bool = False,
     connection: Redis | None = None,
     settings: Settings | None = None,
 ) -> CatalogJob:
     """Validate a call to a catalog job and put it on its queue.
 
     Unset options come from the job's declaration, then from the settings.
+    With ``unique``, a job whose ``job_id`` exists already is refused
+    (DuplicateJobError); without it, RQ replaces the existing job.
     Raises UnknownJobError, InvalidArgumentsError or InvalidQueueError before
     touching Redis, and RedisUnavailableError when Redis does not answer.
     """
@@ -56,6 +60,8 @@ def enqueue_call(
     queue_name = resolve_queue(entry, queue, settings)
     timeout = resolve_timeout(entry, job_timeout, settings)
     retry = make_retry(entry, retries, backoff, settings)
+    if unique and not job_id:
+        raise InvalidArgumentsError("unique needs a job id: the id is what makes the job unique")
     connection = connection or connect(settings)
     try:
         return Queue(queue_name, connection=connection).enqueue_call(  # type: ignore[return-value]
@@ -68,7 +74,10 @@ def enqueue_call(
             description=describe(entry, args, kwargs),
             job_id=job_id,
             retry=retry,
+            unique=unique,
         )
+    except RQDuplicateJobError:
+        raise DuplicateJobError(f"a job with id {job_id!r} exists already; not enqueued (unique)") from None
     except REDIS_DOWN_ERRORS as exc:
         raise unavailable(settings.redis_url, exc) from None
 

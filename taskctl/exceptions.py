@@ -73,3 +73,11 @@ class PermanentError(Exception):
 class TransientError(Exception):
     """Raised by a job when the same call may succeed later (a timeout, an SMTP 4xx or
     HTTP 5xx reply, a refused connection)."""
+
+
+class JobStateError(TaskctlError):
+    """The job exists but is in a state where the operation makes no sense (requeue a finished job)."""
+
+
+class DuplicateJobError(TaskctlError):
+    """A unique job was enqueued while a job with the same id exists."""
