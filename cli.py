@@ -134,6 +134,8 @@ def status(job_id: str) -> None:
         ("attempts", str(info.attempts)),
         ("retries left", str(info.retries_left)),
     ]
+    if info.progress:
+        rows.append(("progress", _progress(info.progress)))
     if info.error:
         rows.append(("error", info.error))
     for label, value in rows:
@@ -285,6 +287,13 @@ def up(procfile: Path) -> None:
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _progress(progress: dict[str, Any]) -> str:
+    done, total = progress.get("done", 0), progress.get("total", 0)
+    share = f" ({100 * done // total}%)" if isinstance(done, int) and isinstance(total, int) and total > 0 else ""
+    message = progress.get("message") or ""
+    return f"{done}/{total}{share} {message}".rstrip()
 
 
 def _cut(text: str, width: int) -> str:

@@ -52,6 +52,8 @@ class JobReport:
     attempts: int
     """Runs so far (a retry waiting to run is not counted yet)."""
     retries_left: int
+    progress: dict[str, Any] | None
+    """What a long job last said of its progress: done, total, message."""
     error: str | None
     """The last line of the last failure's traceback: the exception and its message."""
 
@@ -79,6 +81,7 @@ def report(job: CatalogJob) -> JobReport:
         worker=job.worker_name,
         attempts=int(job.meta.get(FAILED_RUNS, 0)) + (1 if status in SUCCESS_OR_RUNNING else 0),
         retries_left=job.retries_left or 0,
+        progress=job.meta.get("progress") if isinstance(job.meta.get("progress"), dict) else None,
         error=error,
     )
 

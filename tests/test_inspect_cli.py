@@ -133,3 +133,16 @@ def test_workers_refuse_a_job_that_names_a_function_outside_the_catalog(
         assert "status:       failed" in status
         assert "is not an allowed job: workers run only functions from the job catalog" in status
     assert not marker.exists()
+
+
+def test_status_shows_the_progress_a_long_job_reported(configured: str) -> None:
+    job_id = job_id_from(taskctl("enqueue", "count_to", "4").output)
+    run_burst_worker()
+
+    assert "progress:     4/4 (100%) step 4\n" in taskctl("status", job_id).output
+
+
+def test_progress_reporting_outside_a_worker_does_nothing() -> None:
+    from tests.testjobs import count_to
+
+    assert count_to(3) == 3

@@ -84,3 +84,13 @@ def refuse(counter_path: str, reason: str) -> None:
     path = Path(counter_path)
     path.write_text(str(int(path.read_text()) + 1 if path.exists() else 1))
     raise PermanentError(reason)
+
+
+@job()
+def count_to(total: int) -> int:
+    """Report progress at every step, like a long report would."""
+    from taskctl.progress import report_progress
+
+    for done in range(1, total + 1):
+        report_progress(done, total, f"step {done}")
+    return total
