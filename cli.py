@@ -160,7 +160,7 @@ def list_jobs() -> None:
 
     settings = get_settings()
     rows = [
-        (entry.name, entry.spec.queue or settings.default_queue, f"{entry.name}{entry.signature}", entry.summary)
+        (entry.name, entry.spec.queue or settings.default_queue, entry.call_signature, entry.summary)
         for entry in get_catalog()
     ]
     _table(("JOB", "QUEUE", "SIGNATURE", "DESCRIPTION"), rows)

@@ -46,6 +46,12 @@ class CatalogEntry:
         return inspect.signature(self.func, eval_str=True)
 
     @property
+    def call_signature(self) -> str:
+        """``name(param: type, ...)`` as users call it: no return type, no ``typing.`` noise."""
+        shown = self.signature.replace(return_annotation=inspect.Signature.empty)
+        return f"{self.name}{shown}".replace("typing.", "")
+
+    @property
     def summary(self) -> str:
         doc = inspect.getdoc(self.func) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -20,11 +20,11 @@ def test_jobs_lists_each_job_with_queue_signature_and_summary(configured: str) -
     lines = result.output.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["JOB", "QUEUE", "SIGNATURE", "DESCRIPTION"]
     rows = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line) for line in lines[1:]}
-    assert rows["add"] == ["add", "default", "add(a: int, b: int) -> int", "Add two integers."]
+    assert rows["add"] == ["add", "default", "add(a: int, b: int)", "Add two integers."]
     assert rows["send_email"][:3] == [
         "send_email",
         "high",
-        "send_email(to: str, subject: str, body: str) -> dict[str, str]",
+        "send_email(to: str, subject: str, body: str)",
     ]
     assert rows["send_email"][3].startswith("Send an email")
     assert "touch" not in rows  # importable, but not declared as a job
