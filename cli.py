@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ def main() -> None:
 @click.option("--retries", type=click.IntRange(min=0), help="Times to try again after a failure (default: declared).")
 @click.option("--backoff", type=click.FloatRange(min=0), help="Seconds before the first retry, doubled each time.")
 @click.option("--job-id", help="Use this id instead of a random one.")
+@click.option("--in", "delay", metavar="DELAY", help="Run after this delay: 30s, 10m, 2h, 1d.")
+@click.option("--at", "at", metavar="TIME", help="Run at this ISO 8601 time (no offset: the configured zone).")
 @click.option("--unique", is_flag=True, help="Refuse to enqueue when a job with --job-id exists already.")
 @click.option("--wait", is_flag=True, help="Block until the job ends, then print its result or its error.")
 @click.option(
@@ -82,6 +84,8 @@ def enqueue(
     backoff: float | None,
     job_id: str | None,
     unique: bool,
+    delay: str | None,
+    at: str | None,
     wait: bool,
     wait_timeout: float,
 ) -> None:
@@ -92,7 +96,9 @@ def enqueue(
     """
     from taskctl.catalog import get_catalog
     from taskctl.enqueue import enqueue_call
-    from taskctl.status import result_of, wait_for
+    from taskctl.settings import get_settings
+    from taskctl.status import result_of, scheduled_for, wait_for
+    from taskctl.when import parse_at, parse_delay
 
     job_args, job_kwargs = get_catalog().get(job).bind_text(args)
     rq_job = enqueue_call(
@@ -105,8 +111,14 @@ def enqueue(
         backoff=backoff,
         job_id=job_id,
         unique=unique,
+        at=parse_at(at, get_settings().tz) if at else None,
+        delay=parse_delay(delay) if delay else None,
     )
-    click.echo(f"Enqueued {job} as {rq_job.id} on queue {rq_job.origin}")
+    due = scheduled_for(rq_job) if rq_job.get_status(refresh=False) == "scheduled" else None
+    if due is not None:
+        click.echo(f"Scheduled {job} as {rq_job.id} on queue {rq_job.origin} for {_time(due)}")
+    else:
+        click.echo(f"Enqueued {job} as {rq_job.id} on queue {rq_job.origin}")
     if wait:
         wait_for(rq_job, wait_timeout)
         # A failed (or stopped, canceled) job raises here, and the command exits with 1.
@@ -127,6 +139,7 @@ def status(job_id: str) -> None:
         ("call", info.description),
         ("queue", info.queue),
         ("status", info.status),
+        *([("scheduled for", _time(info.scheduled_for))] if info.scheduled_for else []),
         ("enqueued at", _time(info.enqueued_at)),
         ("started at", _time(info.started_at)),
         ("ended at", _time(info.ended_at)),
@@ -139,7 +152,7 @@ def status(job_id: str) -> None:
     if info.error:
         rows.append(("error", info.error))
     for label, value in rows:
-        click.echo(f"{label + ':':<14}{value}")
+        click.echo(f"{label + ':':<15}{value}")
 
 
 @main.command()
@@ -269,6 +282,81 @@ def cancel(job_id: str) -> None:
     click.echo(f"Cancelled {job_id}.")
 
 
+@main.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """List periodic schedules and delayed jobs with their next run. Subcommands change them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from taskctl.connection import connect
+    from taskctl.scheduler import make_scheduler
+    from taskctl.schedules import load_declarations, scheduled_runs
+    from taskctl.settings import get_settings
+
+    settings = get_settings()
+    runs = scheduled_runs(make_scheduler(settings, connect(settings)))
+    by_name = {run.name: run for run in runs if run.name}
+    declared = load_declarations(settings) or []
+    click.echo(f"Periodic ({settings.schedules_file}, times in {settings.timezone}):")
+    if declared:
+        _table(
+            ("NAME", "CALL", "WHEN", "QUEUE", "NEXT RUN"),
+            [
+                (d.name, _cut(by_name[d.name].description, 50), d.when, d.queue,
+                 _time(by_name[d.name].next_run))
+                if d.name in by_name
+                else (d.name, "-", d.when, d.queue, "not synced: run `taskctl schedules sync`")
+                for d in declared
+            ],
+        )  # fmt: skip
+    else:
+        click.echo("  none declared")
+    delayed = [run for run in runs if not run.name]
+    click.echo(f"\nDelayed: {len(delayed)}")
+    if delayed:
+        _table(
+            ("JOB ID", "CALL", "QUEUE", "RUN AT"),
+            [(r.job_id, _cut(r.description, 50), r.queue, _time(r.next_run)) for r in delayed],
+        )
+
+
+@schedules.command(name="sync")
+@click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
+def schedules_sync(dry_run: bool) -> None:
+    """Make the schedules in Redis match the declarations: add, change, remove."""
+    from taskctl.connection import connect
+    from taskctl.scheduler import local_time_in, make_scheduler
+    from taskctl.schedules import sync
+    from taskctl.settings import get_settings
+
+    settings = get_settings()
+    with local_time_in(settings.timezone):
+        plan = sync(make_scheduler(settings, connect(settings)), settings, dry_run=dry_run)
+    if plan.file_missing:
+        raise click.ClickException(plan.summary())
+    verb = "would be " if dry_run else ""
+    for label, names in (("added", plan.added), ("changed", plan.changed), ("removed", plan.removed)):
+        for name in names:
+            click.echo(f"{name}: {verb}{label}")
+    click.echo(("Dry run: " if dry_run else "Synced: ") + plan.summary() + ".")
+
+
+@schedules.command(name="cancel")
+@click.argument("job_id")
+def schedules_cancel(job_id: str) -> None:
+    """Cancel delayed job JOB_ID (periodic ones: remove them from the schedules file and sync)."""
+    from taskctl.connection import connect
+    from taskctl.failures import cancel as cancel_job
+    from taskctl.schedules import ID_PREFIX
+
+    if job_id.startswith(ID_PREFIX):
+        raise click.UsageError(
+            f"{job_id} is a periodic schedule; remove it from the schedules file and run `taskctl schedules sync`"
+        )
+    cancel_job(job_id, connect())
+    click.echo(f"Cancelled {job_id}.")
+
+
 @main.command()
 @click.option(
     "--procfile",
@@ -301,7 +389,14 @@ def _cut(text: str, width: int) -> str:
 
 
 def _time(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+    """A time as people read it: in the configured zone (times from RQ are naive UTC)."""
+    from taskctl.settings import get_settings
+
+    if moment is None:
+        return "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(get_settings().tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -8,10 +8,13 @@ check runs before the first Redis command: a refused call leaves nothing behind.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
+from rq import Retry
 from rq.exceptions import DuplicateJobError as RQDuplicateJobError
+from rq.job import JOB_ID_PATTERN
 
 from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
@@ -19,6 +22,7 @@ from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, Invalid
 from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
+from taskctl.when import due_time
 
 JobRef = str | Callable[..., Any]
 
@@ -42,6 +46,8 @@ def enqueue_call(
     backoff: float | None = None,
     job_id: str | None = None,
     unique: bool = False,
+    at: datetime | None = None,
+    delay: timedelta | None = None,
     connection: Redis | None = None,
     settings: Settings | None = None,
 ) -> CatalogJob:
@@ -49,7 +55,9 @@ def enqueue_call(
 
     Unset options come from the job's declaration, then from the settings.
     With ``unique``, a job whose ``job_id`` exists already is refused
-    (DuplicateJobError); without it, RQ replaces the existing job.
+    (DuplicateJobError); without it, RQ replaces the existing job. With ``at``
+    (a time; without an offset, in the configured zone) or ``delay``, the job is
+    handed to rq-scheduler, which puts it on its queue when it is due.
     Raises UnknownJobError, InvalidArgumentsError or InvalidQueueError before
     touching Redis, and RedisUnavailableError when Redis does not answer.
     """
@@ -62,8 +70,13 @@ def enqueue_call(
     retry = make_retry(entry, retries, backoff, settings)
     if unique and not job_id:
         raise InvalidArgumentsError("unique needs a job id: the id is what makes the job unique")
+    if job_id is not None and not JOB_ID_PATTERN.fullmatch(job_id):
+        raise InvalidArgumentsError(f"job id {job_id!r} may use only letters, digits, '_' and '-'")
+    due = due_time(at, delay, settings.tz, settings.past_tolerance)
     connection = connection or connect(settings)
     try:
+        if due is not None:
+            return _schedule(entry, args, kwargs, due, queue_name, timeout, retry, job_id, unique, connection, settings)
         return Queue(queue_name, connection=connection).enqueue_call(  # type: ignore[return-value]
             entry.func,
             args=list(args),
@@ -80,6 +93,42 @@ def enqueue_call(
         raise DuplicateJobError(f"a job with id {job_id!r} exists already; not enqueued (unique)") from None
     except REDIS_DOWN_ERRORS as exc:
         raise unavailable(settings.redis_url, exc) from None
+
+
+def _schedule(
+    entry: CatalogEntry,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    due: datetime,
+    queue_name: str,
+    timeout: int,
+    retry: Retry | None,
+    job_id: str | None,
+    unique: bool,
+    connection: Redis,
+    settings: Settings,
+) -> CatalogJob:
+    from taskctl.scheduler import make_scheduler
+
+    if unique and job_id and connection.exists(CatalogJob.redis_job_namespace_prefix + job_id):
+        raise RQDuplicateJobError(job_id)
+    job: CatalogJob = make_scheduler(settings, connection).schedule(
+        due,
+        entry.func,
+        args=list(args),
+        kwargs=kwargs,
+        result_ttl=settings.result_ttl,
+        timeout=timeout,
+        id=job_id,
+        description=describe(entry, args, kwargs),
+        queue_name=queue_name,
+    )
+    # rq-scheduler knows nothing of these; the job is not due yet, so saving again is safe.
+    job.failure_ttl = settings.failure_ttl
+    if retry is not None:
+        job.retries_left, job.retry_intervals = retry.max, retry.intervals
+    job.save()
+    return job
 
 
 def resolve_queue(entry: CatalogEntry, queue: str | None, settings: Settings) -> str:

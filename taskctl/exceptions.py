@@ -81,3 +81,7 @@ class JobStateError(TaskctlError):
 
 class DuplicateJobError(TaskctlError):
     """A unique job was enqueued while a job with the same id exists."""
+
+
+class ScheduleError(TaskctlError):
+    """The declared schedules cannot be used; the message names each bad schedule and its problem."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taskctl.exceptions import SettingsError
 
@@ -42,6 +43,13 @@ class Settings:
     # one that fails.
     redis_connect_timeout: float = 3.0
     scheduler_interval: float = 5.0
+    # Times without an offset (`--at 2026-12-01T09:00`, cron expressions) are read in this
+    # zone, and times are shown in it.
+    timezone: str = "UTC"
+    # Where periodic jobs are declared (see README "Scheduling").
+    schedules_file: Path = Path("schedules.toml")
+    # An --at this many seconds in the past still runs (now); further back is an error.
+    past_tolerance: float = 60.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 9181
     # Where local defaults write: the mail outbox, the embedded Redis's files.
@@ -54,6 +62,10 @@ class Settings:
     push_timeout: float = 10.0
     # The shop's SQLite database (orders, products); None: a file in data_dir.
     database_path: Path | None = None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def outbox_dir(self) -> Path:
@@ -107,6 +119,17 @@ def _number(name: str, value: str, kind: type[int] | type[float], minimum: float
     return number
 
 
+def _iana_zone(name: str | None) -> str | None:
+    """The name when it is an IANA zone; TZ may also hold POSIX forms (":/etc/localtime") we cannot use."""
+    if not name:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
+
+
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
     """Build Settings from a mapping (the process environment by default).
 
@@ -129,6 +152,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise SettingsError(f"REDIS_URL={mask_url(redis_url)!r} must start with redis://, rediss:// or unix://")
 
+    timezone = env.get("TASKCTL_TIMEZONE") or _iana_zone(env.get("TZ")) or defaults.timezone
+    if not _iana_zone(timezone):
+        raise SettingsError(
+            f"TASKCTL_TIMEZONE={timezone!r} is not a known time zone; expected a name like Europe/Paris or UTC"
+        )
+
     def number(name: str, default: int | float, minimum: float | None = None) -> int | float:
         return _number(name, env[name], type(default), minimum) if name in env else default
 
@@ -149,6 +178,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         redis_connect_timeout=float(number("TASKCTL_REDIS_CONNECT_TIMEOUT", defaults.redis_connect_timeout)),
         scheduler_interval=float(number("TASKCTL_SCHEDULER_INTERVAL", defaults.scheduler_interval)),
+        timezone=timezone,
+        schedules_file=Path(env.get("TASKCTL_SCHEDULES", str(defaults.schedules_file))),
+        past_tolerance=float(number("TASKCTL_PAST_TOLERANCE", defaults.past_tolerance, minimum=0)),
         dashboard_host=env.get("TASKCTL_DASHBOARD_HOST", defaults.dashboard_host),
         dashboard_port=int(number("TASKCTL_DASHBOARD_PORT", defaults.dashboard_port)),
         data_dir=Path(env.get("TASKCTL_DATA_DIR", str(defaults.data_dir))),

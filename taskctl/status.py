@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -14,7 +14,7 @@ from rq.results import Result
 
 from taskctl.catalog import get_catalog
 from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, WaitTimeoutError
-from taskctl.rqclasses import FAILED_RUNS, CatalogJob
+from taskctl.rqclasses import FAILED_RUNS, CatalogJob, Queue
 
 #: States a job does not leave by itself.
 FINAL_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
@@ -52,6 +52,8 @@ class JobReport:
     attempts: int
     """Runs so far (a retry waiting to run is not counted yet)."""
     retries_left: int
+    scheduled_for: datetime | None
+    """When a scheduled job (delayed, periodic, or a retry waiting out its backoff) is due."""
     progress: dict[str, Any] | None
     """What a long job last said of its progress: done, total, message."""
     error: str | None
@@ -81,9 +83,24 @@ def report(job: CatalogJob) -> JobReport:
         worker=job.worker_name,
         attempts=int(job.meta.get(FAILED_RUNS, 0)) + (1 if status in SUCCESS_OR_RUNNING else 0),
         retries_left=job.retries_left or 0,
+        scheduled_for=scheduled_for(job) if status == JobStatus.SCHEDULED else None,
         progress=job.meta.get("progress") if isinstance(job.meta.get("progress"), dict) else None,
         error=error,
     )
+
+
+def scheduled_for(job: CatalogJob) -> datetime | None:
+    """When rq-scheduler (delays, periodic jobs) or RQ's scheduler (retry backoff) will enqueue the job."""
+    from taskctl.scheduler import Scheduler
+
+    score: float | None = job.connection.zscore(Scheduler.scheduled_jobs_key, job.id)
+    if score is not None:
+        return datetime.fromtimestamp(score, UTC)
+    try:
+        due: datetime = Queue(job.origin, connection=job.connection).scheduled_job_registry.get_scheduled_time(job)
+    except RQNoSuchJobError:
+        return None
+    return due
 
 
 def result_of(job: CatalogJob) -> Any:

@@ -32,7 +32,7 @@ def test_jobs_lists_each_job_with_queue_signature_and_summary(configured: str) -
 
 def test_a_job_enqueued_by_the_cli_runs_on_a_stock_rq_worker(configured: str) -> None:
     job_id = job_id_from(taskctl("enqueue", "add", "2", "3").output)
-    assert "status:       queued" in taskctl("status", job_id).output
+    assert "status:        queued" in taskctl("status", job_id).output
 
     run_burst_worker()
 
@@ -52,8 +52,8 @@ def test_a_failed_job_shows_its_error_and_has_no_result(configured: str) -> None
     job_id = job_id_from(taskctl("enqueue", "fail", "out of paper").output)
     run_burst_worker()
 
-    assert "status:       failed" in taskctl("status", job_id).output
-    assert "error:        RuntimeError: out of paper" in taskctl("status", job_id).output
+    assert "status:        failed" in taskctl("status", job_id).output
+    assert "error:         RuntimeError: out of paper" in taskctl("status", job_id).output
     result = taskctl("result", job_id)
     assert result.exit_code == 1
     assert result.output == f"Error: job {job_id} failed: RuntimeError: out of paper\n"
@@ -88,7 +88,7 @@ def test_wait_gives_up_after_its_timeout_and_leaves_the_job_queued(configured: s
     assert result.exit_code == 1
     job_id = job_id_from(result.output)
     assert f"Error: job {job_id} is still queued after 0.3s" in result.output
-    assert "status:       queued" in taskctl("status", job_id).output
+    assert "status:        queued" in taskctl("status", job_id).output
 
 
 def test_workers_take_high_before_default_before_low(configured: str, tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_workers_refuse_a_job_that_names_a_function_outside_the_catalog(
 
     for job in (job_os, job_fn):
         status = taskctl("status", job.id).output
-        assert "status:       failed" in status
+        assert "status:        failed" in status
         assert "is not an allowed job: workers run only functions from the job catalog" in status
     assert not marker.exists()
 
@@ -139,7 +139,7 @@ def test_status_shows_the_progress_a_long_job_reported(configured: str) -> None:
     job_id = job_id_from(taskctl("enqueue", "count_to", "4").output)
     run_burst_worker()
 
-    assert "progress:     4/4 (100%) step 4\n" in taskctl("status", job_id).output
+    assert "progress:      4/4 (100%) step 4\n" in taskctl("status", job_id).output
 
 
 def test_progress_reporting_outside_a_worker_does_nothing() -> None:
