@@ -112,6 +112,8 @@ def _schedule(
 
     if unique and job_id and connection.exists(CatalogJob.redis_job_namespace_prefix + job_id):
         raise RQDuplicateJobError(job_id)
+    # rq-scheduler keeps whole seconds, rounding down: round up, so a job never runs early.
+    due = due.replace(microsecond=0) + timedelta(seconds=1) if due.microsecond else due
     job: CatalogJob = make_scheduler(settings, connection).schedule(
         due,
         entry.func,
