@@ -23,7 +23,7 @@ _SCHEMES = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
 _CONNECT_TIMEOUT = 30.0
 
 
-@job(queue="high", timeout=60)
+@job(queue="high", timeout=60, retries=5, backoff=30)
 def send_email(to: str, subject: str, body: str) -> dict[str, str]:
     """Send an email: over SMTP when SMTP_URL is set, else into the local outbox folder.
 

@@ -15,7 +15,7 @@ from taskctl.exceptions import PermanentError, TransientError
 _ITEM_SHAPE = '{"sku": "MUG", "quantity": 2}'
 
 
-@job(queue="default", timeout=60)
+@job(queue="default", timeout=60, retries=3, backoff=5)
 def process_order(order_id: int) -> dict[str, Any]:
     """Confirm a pending order: compute its total and mark it confirmed, once.
 
@@ -49,7 +49,7 @@ def process_order(order_id: int) -> dict[str, Any]:
         raise
 
 
-@job(queue="default", timeout=60)
+@job(queue="default", timeout=60, retries=3, backoff=5)
 def update_inventory(order_id: int, items: list[dict[str, Any]]) -> dict[str, Any]:
     """Take an order's items out of stock, once per order.
 

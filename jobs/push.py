@@ -24,7 +24,7 @@ _BODY_EXCERPT = 200
 _TRANSIENT_4XX = frozenset({408, 429})
 
 
-@job(queue="high", timeout=30)
+@job(queue="high", timeout=30, retries=5, backoff=10)
 def push_notification(user_id: int, message: str) -> dict[str, Any]:
     """Send a push notification: POST to PUSH_URL when set, else append to a local JSON Lines file.
 

@@ -52,7 +52,7 @@ class _Report:
     chart_title: str
 
 
-@job(queue="low", timeout=600, retries=1)
+@job(queue="low", timeout=600, retries=1, backoff=60)
 def generate_report(report_type: ReportType, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build a report (CSV, and an HTML page with a chart) from the shop database into the reports folder.
 
