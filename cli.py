@@ -201,6 +201,56 @@ def queues() -> None:
         )
 
 
+@main.command()
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--count", type=click.IntRange(min=1), help="With --watch: stop after this many refreshes.")
+def stats(watch: bool, interval: float, count: int | None) -> None:
+    """The figures /metrics exports, as a table: jobs per queue and state, oldest wait, workers, scheduler."""
+    import time
+
+    from taskctl.connection import connect
+    from taskctl.settings import get_settings
+    from taskctl.stats import queue_stats, scheduler_stats, workers
+
+    settings = get_settings()
+    connection = connect(settings)
+    shown = 0
+    while True:
+        if watch:
+            click.clear()
+        _table(
+            ("QUEUE", "QUEUED", "STARTED", "FINISHED", "FAILED", "DEFERRED", "SCHEDULED", "OLDEST QUEUED"),
+            [
+                (
+                    s.name,
+                    s.queued,
+                    s.started,
+                    s.finished,
+                    s.failed,
+                    s.deferred,
+                    s.scheduled,
+                    f"{s.oldest_queued_age:.0f}s",
+                )
+                for s in queue_stats(connection, settings)
+            ],
+        )
+        alive = workers(connection)
+        busy = sum(1 for w in alive if w.state == "busy")
+        scheduled = scheduler_stats(connection)
+        click.echo(f"\nWorkers alive: {len(alive)} ({busy} busy)")
+        click.echo(f"Scheduler: {scheduled.waiting} waiting, {scheduled.overdue} overdue")
+        shown += 1
+        if not watch or (count is not None and shown >= count):
+            return
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
 @main.group(invoke_without_command=True)
 @click.option("--queue", "-q", help="Only this queue's failed jobs.")
 @click.pass_context

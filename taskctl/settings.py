@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +22,8 @@ from taskctl.exceptions import SettingsError
 class Settings:
     """Every knob of taskctl, with a default that is safe on a developer's laptop."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Fields that may hold secrets are kept out of repr(), hence out of logs and tracebacks.
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     # Priority order: a worker empties `high` before it looks at `default`.
     queues: tuple[str, ...] = ("high", "default", "low")
     default_queue: str = "default"
@@ -52,13 +53,18 @@ class Settings:
     past_tolerance: float = 60.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 9181
+    # HTTP basic auth for the dashboard: required to bind anywhere but loopback.
+    dashboard_username: str = ""
+    dashboard_password: str = field(default="", repr=False)
+    # No delete, requeue, empty or compact at all: for a dashboard everyone may see.
+    dashboard_read_only: bool = False
     # Where local defaults write: the mail outbox, the embedded Redis's files.
     data_dir: Path = Path("var")
-    smtp_url: str = ""
+    smtp_url: str = field(default="", repr=False)
     mail_from: str = "taskctl@localhost"
     # Push/webhook endpoint; without one, notifications are appended to a JSON Lines file.
     push_url: str = ""
-    push_token: str = ""
+    push_token: str = field(default="", repr=False)
     push_timeout: float = 10.0
     # The shop's SQLite database (orders, products); None: a file in data_dir.
     database_path: Path | None = None
@@ -117,6 +123,14 @@ def _number(name: str, value: str, kind: type[int] | type[float], minimum: float
     if minimum is not None and number < minimum:
         raise SettingsError(f"{name}={value!r} must be {minimum:g} or more")
     return number
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={value!r} is not a yes/no value; expected true or false")
 
 
 def _iana_zone(name: str | None) -> str | None:
@@ -183,6 +197,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         past_tolerance=float(number("TASKCTL_PAST_TOLERANCE", defaults.past_tolerance, minimum=0)),
         dashboard_host=env.get("TASKCTL_DASHBOARD_HOST", defaults.dashboard_host),
         dashboard_port=int(number("TASKCTL_DASHBOARD_PORT", defaults.dashboard_port)),
+        dashboard_username=env.get("TASKCTL_DASHBOARD_USERNAME", ""),
+        dashboard_password=env.get("TASKCTL_DASHBOARD_PASSWORD", ""),
+        dashboard_read_only=_flag("TASKCTL_DASHBOARD_READ_ONLY", env.get("TASKCTL_DASHBOARD_READ_ONLY", "")),
         data_dir=Path(env.get("TASKCTL_DATA_DIR", str(defaults.data_dir))),
         smtp_url=env.get("SMTP_URL", defaults.smtp_url),
         mail_from=env.get("MAIL_FROM", defaults.mail_from),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from redis import Redis
+from rq.utils import str_to_date
 
 from taskctl.rqclasses import Queue, Worker
 from taskctl.settings import Settings
@@ -20,6 +22,16 @@ class QueueStats:
     failed: int
     deferred: int
     scheduled: int
+    oldest_queued_age: float
+    """Seconds the job at the head of the queue has waited; 0 when the queue is empty."""
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    waiting: int
+    """Delayed and periodic jobs rq-scheduler holds."""
+    overdue: int
+    """Of those, the ones past their time: above 0 for long means no scheduler process is running."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +61,29 @@ def queue_stats(connection: Redis, settings: Settings) -> list[QueueStats]:
                 failed=queue.failed_job_registry.count,
                 deferred=queue.deferred_job_registry.count,
                 scheduled=queue.scheduled_job_registry.count,
+                oldest_queued_age=_head_age(queue, connection),
             )
         )
     return stats
+
+
+def _head_age(queue: Queue, connection: Redis) -> float:
+    head = queue.get_job_ids(0, 1)
+    if not head:
+        return 0.0
+    stamp = connection.hget(queue.job_class.redis_job_namespace_prefix + head[0], "enqueued_at")
+    if not stamp:
+        return 0.0
+    enqueued = str_to_date(stamp)
+    return max(0.0, (datetime.now(UTC) - enqueued.replace(tzinfo=UTC)).total_seconds())
+
+
+def scheduler_stats(connection: Redis) -> SchedulerStats:
+    from taskctl.scheduler import Scheduler
+
+    key = Scheduler.scheduled_jobs_key
+    # rq-scheduler enqueues a job once its whole-second time has come; a few seconds late is normal.
+    return SchedulerStats(waiting=connection.zcard(key), overdue=connection.zcount(key, 0, time.time() - 60))
 
 
 def workers(connection: Redis) -> list[WorkerInfo]:

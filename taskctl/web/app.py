@@ -1,22 +1,130 @@
-"""Builds the dashboard's Flask app from taskctl's settings."""
+"""The dashboard's Flask app: rq-dashboard's pages, made safe to expose, plus what operators need.
+
+rq-dashboard's own pages are served unchanged under their usual paths. Added:
+auth, CSRF and read-only guards (``security``), a Schedules page for
+rq-scheduler's jobs, ``/metrics`` and ``/healthz``.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import rq
 import rq_dashboard
 import rq_dashboard.web
-from flask import Flask
+from flask import Blueprint, Flask, Response, current_app, render_template, request
+from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, PrefixLoader
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis import Redis
+from rq.job import requeue_job
 from rq.serializers import JSONSerializer
 
-from taskctl.settings import Settings, get_settings
+from taskctl.connection import REDIS_DOWN_ERRORS, get_redis
+from taskctl.rqclasses import CatalogJob
+from taskctl.settings import Settings, get_settings, mask_url
+from taskctl.web.metrics import registry_for
+from taskctl.web.security import refusal
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+pages = Blueprint("taskctl_web", __name__)
+
+
+def _json_only() -> None:
+    """Make every job rq-dashboard reads JSON, never pickle.
+
+    Its views fetch jobs with rq's default serializer in places (delete, requeue),
+    which would unpickle a job's meta: code execution for whoever can write to
+    Redis. Its module-level names are the only seam it offers.
+    """
+    rq_dashboard.web.config.serializer = JSONSerializer
+    rq_dashboard.web.Job = CatalogJob
+
+    def requeue_json(job_id: str, connection: Redis) -> Any:
+        return requeue_job(job_id, connection=connection, serializer=JSONSerializer)
+
+    rq_dashboard.web.requeue_job = requeue_json
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    _json_only()
     app = Flask("taskctl.web")
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
-    # Jobs are JSON; the dashboard's default (pickle) could not read them, and would
-    # run whatever a planted pickle says.
-    rq_dashboard.web.config.serializer = JSONSerializer
+    app.config["TASKCTL_SETTINGS"] = settings
+    app.config["TASKCTL_REDIS"] = get_redis(settings)
+    # Our templates first (a navbar with a Schedules link), then rq-dashboard's own,
+    # also reachable as "stock/..." so ours can wrap them instead of copying them.
+    app.jinja_loader = ChoiceLoader(
+        [FileSystemLoader(TEMPLATES), PrefixLoader({"stock": PackageLoader("rq_dashboard", "templates")})]
+    )
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="")
+    app.register_blueprint(pages)
     rq_dashboard.web.setup_rq_connection(app)
+
+    @app.before_request
+    def guard() -> Response | None:
+        return refusal(request, settings)
+
     return app
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["TASKCTL_SETTINGS"]
+    return settings
+
+
+def _redis() -> Redis:
+    connection: Redis = current_app.config["TASKCTL_REDIS"]
+    return connection
+
+
+@pages.route("/healthz")
+def healthz() -> Response:
+    try:
+        _redis().ping()
+    except REDIS_DOWN_ERRORS as exc:
+        return Response(f"redis unavailable at {_settings().redis_url_masked}: {exc}\n", 503, mimetype="text/plain")
+    return Response("ok\n", 200, mimetype="text/plain")
+
+
+@pages.route("/metrics")
+def metrics() -> Response:
+    try:
+        body = generate_latest(registry_for(_redis(), _settings()))
+    except REDIS_DOWN_ERRORS as exc:
+        return Response(f"redis unavailable at {_settings().redis_url_masked}: {exc}\n", 503, mimetype="text/plain")
+    return Response(body, 200, mimetype=CONTENT_TYPE_LATEST)
+
+
+@pages.route("/schedules", defaults={"instance_number": 0})
+@pages.route("/<int:instance_number>/view/schedules")
+def schedules(instance_number: int) -> Response:
+    from taskctl.scheduler import make_scheduler
+    from taskctl.schedules import scheduled_runs
+
+    settings = _settings()
+    runs = scheduled_runs(make_scheduler(settings, _redis()))
+    zone = settings.tz
+
+    def shown(run: Any) -> str:
+        return str(run.next_run.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+    body = render_template(
+        "taskctl/schedules.html",
+        periodic=[(run, shown(run)) for run in runs if run.name],
+        delayed=[(run, shown(run)) for run in runs if not run.name],
+        timezone=settings.timezone,
+        now=datetime.now(UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+        current_instance=instance_number,
+        instance_list=[mask_url(settings.redis_url)],
+        rq_url_prefix="/",
+        rq_dashboard_version=rq_dashboard.web.rq_dashboard_version,
+        rq_version=rq.__version__,
+        active_tab="schedules",
+        deprecation_options_usage=False,
+        poll_interval=current_app.config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500),
+    )
+    return Response(body, 200, headers={"Cache-Control": "no-store"})

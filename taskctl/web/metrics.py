@@ -1,0 +1,58 @@
+"""/metrics: the figures to alert on, in Prometheus's text format.
+
+A collector reads Redis at scrape time, so every process (and every replica of
+the web process) reports the same numbers, with no state of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from redis import Redis
+
+from taskctl.settings import Settings
+from taskctl.stats import queue_stats, scheduler_stats, workers
+
+STATES = ("queued", "started", "finished", "failed", "deferred", "scheduled")
+
+
+class TaskctlCollector(Collector):
+    def __init__(self, connection: Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("taskctl_queue_jobs", "Jobs per queue and state.", labels=["queue", "state"])
+        oldest = GaugeMetricFamily(
+            "taskctl_queue_oldest_job_age_seconds",
+            "How long the job at the head of the queue has waited (0: empty queue).",
+            labels=["queue"],
+        )
+        for stats in queue_stats(self.connection, self.settings):
+            for state in STATES:
+                jobs.add_metric([stats.name, state], getattr(stats, state))
+            oldest.add_metric([stats.name], stats.oldest_queued_age)
+        yield jobs
+        yield oldest
+        alive = workers(self.connection)
+        by_state = GaugeMetricFamily("taskctl_workers", "Live workers by state.", labels=["state"])
+        for state in sorted({w.state for w in alive} | {"busy", "idle"}):
+            by_state.add_metric([state], sum(1 for w in alive if w.state == state))
+        yield by_state
+        yield GaugeMetricFamily("taskctl_workers_alive", "Workers that have sent a heartbeat recently.", len(alive))
+        scheduled = scheduler_stats(self.connection)
+        yield GaugeMetricFamily("taskctl_scheduler_jobs", "Delayed and periodic jobs held by rq-scheduler.",
+                                scheduled.waiting)  # fmt: skip
+        yield GaugeMetricFamily(
+            "taskctl_scheduler_overdue_jobs",
+            "Jobs more than 60 s past their time and not enqueued: no scheduler process is running.",
+            scheduled.overdue,
+        )
+
+
+def registry_for(connection: Redis, settings: Settings) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TaskctlCollector(connection, settings))
+    return registry
