@@ -10,7 +10,10 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,51 @@ def worker(configured: str) -> Iterator[subprocess.Popen[str]]:
     )
     yield process
     stop(process, timeout=15)
+
+
+def fetch(
+    base: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, str]]:
+    request = urllib.request.Request(
+        base + path, method=method, headers=headers or {}, data=b"" if method == "POST" else None
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), dict(error.headers)
+
+
+def start_web(**env: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    environ = dict(os.environ, TASKCTL_DASHBOARD_PORT=str(port), **env)
+    process = subprocess.Popen([sys.executable, "-m", "taskctl.web"], env=environ, cwd=Path.cwd(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"web process exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            if fetch(base, "/healthz")[0] in (200, 503):
+                return process, base
+        except OSError:
+            pass
+        time.sleep(0.1)
+    stop(process)
+    raise AssertionError("web process did not answer within 30 s")
+
+
+@pytest.fixture
+def web(configured: str) -> Iterator[Callable[..., str]]:
+    """Start the real web process with extra settings; returns its base URL."""
+    started: list[subprocess.Popen[str]] = []
+
+    def launch(**env: str) -> str:
+        process, base = start_web(**env)
+        started.append(process)
+        return base
+
+    yield launch
+    for process in started:
+        stop(process)

@@ -6,10 +6,8 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from base64 import b64encode
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,61 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from taskctl.stack import redis_server, stop
-from tests.conftest import ROOT, free_port, run_burst_worker, taskctl
+from tests.conftest import ROOT, fetch, free_port, run_burst_worker, start_web, taskctl
 from tests.test_enqueue_cli import job_id_from
 from tests.test_failures import fields
 
 
-def fetch(
-    base: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
-) -> tuple[int, str, dict[str, str]]:
-    request = urllib.request.Request(
-        base + path, method=method, headers=headers or {}, data=b"" if method == "POST" else None
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(), dict(error.headers)
-
-
 def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def start_web(**env: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    environ = dict(os.environ, TASKCTL_DASHBOARD_PORT=str(port), **env)
-    process = subprocess.Popen([sys.executable, "-m", "taskctl.web"], env=environ, cwd=Path.cwd(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"web process exited: {process.stdout.read() if process.stdout else ''}")
-        try:
-            if fetch(base, "/healthz")[0] in (200, 503):
-                return process, base
-        except OSError:
-            pass
-        time.sleep(0.1)
-    stop(process)
-    raise AssertionError("web process did not answer within 30 s")
-
-
-@pytest.fixture
-def web(configured: str) -> Iterator[Callable[..., str]]:
-    """Start the real web process with extra settings; returns its base URL."""
-    started: list[subprocess.Popen[str]] = []
-
-    def launch(**env: str) -> str:
-        process, base = start_web(**env)
-        started.append(process)
-        return base
-
-    yield launch
-    for process in started:
-        stop(process)
 
 
 def failed_job_on_default() -> str:

@@ -51,7 +51,8 @@ def _json_only() -> None:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     _json_only()
-    app = Flask("taskctl.web")
+    # rq-dashboard's pages ask for the app's /static (and mount theirs there too): serve its files.
+    app = Flask("taskctl.web", static_folder=str(Path(rq_dashboard.__file__).parent / "static"))
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
     app.config["TASKCTL_SETTINGS"] = settings
     app.config["TASKCTL_REDIS"] = get_redis(settings)
