@@ -97,11 +97,10 @@ def enqueue(
     from taskctl.catalog import get_catalog
     from taskctl.enqueue import enqueue_call
     from taskctl.settings import get_settings
-    from taskctl.status import result_of, scheduled_for, wait_for
     from taskctl.when import parse_at, parse_delay
 
     job_args, job_kwargs = get_catalog().get(job).bind_text(args)
-    rq_job = enqueue_call(
+    handle = enqueue_call(
         job,
         job_args,
         job_kwargs,
@@ -114,15 +113,14 @@ def enqueue(
         at=parse_at(at, get_settings().tz) if at else None,
         delay=parse_delay(delay) if delay else None,
     )
-    due = scheduled_for(rq_job) if rq_job.get_status(refresh=False) == "scheduled" else None
+    due = handle.scheduled_for
     if due is not None:
-        click.echo(f"Scheduled {job} as {rq_job.id} on queue {rq_job.origin} for {_time(due)}")
+        click.echo(f"Scheduled {job} as {handle.id} on queue {handle.queue} for {_time(due)}")
     else:
-        click.echo(f"Enqueued {job} as {rq_job.id} on queue {rq_job.origin}")
+        click.echo(f"Enqueued {job} as {handle.id} on queue {handle.queue}")
     if wait:
-        wait_for(rq_job, wait_timeout)
         # A failed (or stopped, canceled) job raises here, and the command exits with 1.
-        click.echo(_json(result_of(rq_job)))
+        click.echo(_json(handle.result(timeout=wait_timeout)))
 
 
 @main.command()

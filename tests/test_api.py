@@ -14,15 +14,15 @@ def test_enqueue_by_name_or_by_function_uses_the_declared_queue(configured: str,
     by_name = enqueue("add", 1, 2)
     by_function = enqueue(testjobs.add, a=3, b=4)
 
-    assert (by_name.origin, by_name.args, by_name.kwargs) == ("default", [1, 2], {})
-    assert (by_function.origin, by_function.args, by_function.kwargs) == ("default", [], {"a": 3, "b": 4})
+    assert (by_name.queue, by_name.job.args, by_name.job.kwargs) == ("default", [1, 2], {})
+    assert (by_function.queue, by_function.job.args, by_function.job.kwargs) == ("default", [], {"a": 3, "b": 4})
     assert redis.llen("rq:queue:default") == 2
 
 
 def test_enqueue_call_takes_queue_timeout_and_id(configured: str) -> None:
     job = enqueue_call("add", (1, 2), queue="low", job_timeout=9, job_id="order-42-total")
 
-    assert (job.id, job.origin, job.timeout) == ("order-42-total", "low", 9)
+    assert (job.id, job.queue, job.job.timeout) == ("order-42-total", "low", 9)
 
 
 @pytest.mark.parametrize(

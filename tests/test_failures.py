@@ -78,10 +78,10 @@ def test_the_declared_policy_applies_and_enqueue_overrides_it(configured: str, r
     overridden = enqueue_call("flaky", ("/tmp/x", 0), retries=5, backoff=2)
     settings_default = enqueue_call("add", (1, 2))
 
-    assert (declared.retries_left, declared.retry_intervals) == (2, [0, 0])
-    assert overridden.retries_left == 5
-    assert overridden.retry_intervals is not None and len(overridden.retry_intervals) == 5
-    assert settings_default.retries_left == 3  # TASKCTL_RETRIES default
+    assert (declared.job.retries_left, declared.job.retry_intervals) == (2, [0, 0])
+    assert overridden.job.retries_left == 5
+    assert overridden.job.retry_intervals is not None and len(overridden.job.retry_intervals) == 5
+    assert settings_default.job.retries_left == 3  # TASKCTL_RETRIES default
     assert report(fetch_job(declared.id, redis)).retries_left == 2
 
 
