@@ -163,6 +163,43 @@ def result(job_id: str) -> None:
     click.echo(_json(result_of(fetch_job(job_id, connect()))))
 
 
+@main.command()
+@click.argument("steps", nargs=-1, required=True)
+@click.option("--wait", is_flag=True, help="Block until the chain ends, then print the last result or the failure.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds --wait waits before giving up (the chain goes on).")  # fmt: skip
+def chain(steps: tuple[str, ...], wait: bool, wait_timeout: float) -> None:
+    """Enqueue STEPS to run one after the other; a failed step cancels the rest.
+
+    Each STEP is one quoted job call as for enqueue: "process_order 42" "send_email a@b.c Done Thanks".
+    """
+    import shlex
+
+    from taskctl.catalog import get_catalog
+    from taskctl.exceptions import TaskctlError
+    from taskctl.workflows import Call
+    from taskctl.workflows import chain as run_chain
+
+    calls = []
+    for number, step in enumerate(steps, 1):
+        try:
+            words = shlex.split(step)
+            if not words:
+                raise click.UsageError(f"step {number} is empty; expected a job and its arguments")
+            args, kwargs = get_catalog().get(words[0]).bind_text(words[1:])
+        except TaskctlError as error:
+            raise click.UsageError(f"step {number}: {error}") from None
+        except ValueError as error:  # shlex: unbalanced quotes
+            raise click.UsageError(f"step {number} ({step!r}): {error}") from None
+        calls.append(Call(words[0], args, kwargs))
+    handle = run_chain(*calls)
+    click.echo(f"Enqueued a chain of {len(handle.steps)} jobs:")
+    for number, member in enumerate(handle.steps, 1):
+        click.echo(f"  {number}. {member.id}  {member.job.description}  ({member.status} on {member.queue})")
+    if wait:
+        click.echo(_json(handle.result(timeout=wait_timeout)))
+
+
 @main.command(name="jobs")
 def list_jobs() -> None:
     """List the jobs in the catalog: name, default queue, arguments, what it does."""

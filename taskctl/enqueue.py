@@ -9,7 +9,7 @@ refused call leaves nothing behind.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -187,7 +187,7 @@ def enqueue_many(
             with connection.pipeline() as pipeline:
                 for name in sorted({call.queue for call in batch}):
                     queue = Queue(name, connection=connection)
-                    datas = [_data(call, settings) for call in batch if call.queue == name]
+                    datas = [rq_data(call, settings) for call in batch if call.queue == name]
                     queue.enqueue_many(datas, pipeline=pipeline)
                 pipeline.execute()
             ids.extend(call.job_id or "" for call in batch)
@@ -203,17 +203,18 @@ def _batches(calls: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
         for call in batch:
             if call.due is not None or call.unique:
                 raise InvalidArgumentsError("bulk enqueue takes neither delays nor unique jobs")
-        yield [c if c.job_id else _with_id(c) for c in batch]
+        yield [with_id(c) for c in batch]
 
 
-def _with_id(call: Prepared) -> Prepared:
-    """Give the call its id now, so that the ids can be returned in the order of the calls."""
+def with_id(call: Prepared) -> Prepared:
+    """Give the call its id now, so that jobs can be matched to calls (and returned in their order)."""
     from uuid import uuid4
 
-    return Prepared(**{**call.__dict__, "job_id": str(uuid4())})
+    return call if call.job_id else replace(call, job_id=str(uuid4()))
 
 
-def _data(call: Prepared, settings: Settings) -> Any:
+def rq_data(call: Prepared, settings: Settings) -> Any:
+    """RQ's EnqueueData for a prepared call (for Queue.enqueue_many and Group.enqueue_many)."""
     return Queue.prepare_data(
         call.entry.func,
         args=call.args,

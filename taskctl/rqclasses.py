@@ -9,6 +9,7 @@ stock ``rq worker -w taskctl.rqclasses.Worker`` behaves exactly like taskctl.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -25,6 +26,10 @@ from taskctl.exceptions import JobNotAllowedError, PermanentError
 NOT_RETRIED = (PermanentError, JobNotAllowedError)
 #: Job meta key counting the runs that raised (RQ keeps no count across retries).
 FAILED_RUNS = "failed_runs"
+#: Job meta key of a chord's callback: the group members whose results it receives first.
+CHORD_SOURCES = "chord_sources"
+#: Job meta key saying why a job was canceled by taskctl (a step before it failed).
+CANCELED_BECAUSE = "canceled_because"
 
 
 class CatalogJob(rq.job.Job):
@@ -41,7 +46,15 @@ class CatalogJob(rq.job.Job):
         entry = get_catalog().by_path(name) if name and self.instance is None else None
         if entry is None:
             raise JobNotAllowedError(f"{name!r} is not an allowed job: workers run only functions from the job catalog")
+        sources = self.meta.get(CHORD_SOURCES)
+        if sources:
+            # A chord's callback: the group's results, in order, come first.
+            return functools.partial(entry.func, self._results_of(list(sources)))
         return entry.func
+
+    def _results_of(self, job_ids: list[str]) -> list[Any]:
+        jobs = self.fetch_many(job_ids, connection=self.connection)
+        return [job.return_value() if job is not None else None for job in jobs]
 
 
 class Queue(rq.Queue):
@@ -85,3 +98,25 @@ class Worker(rq.Worker):
         if isinstance(exc_info[1], NOT_RETRIED):
             job.retries_left = 0
         super().handle_exception(job, *exc_info)
+
+    def handle_job_failure(self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
+        super().handle_job_failure(job, queue, *args, **kwargs)
+        if job.get_status(refresh=True) == rq.job.JobStatus.FAILED:
+            cancel_dependents(job, f"{job.description or job.id} failed")
+
+
+def cancel_dependents(job: rq.job.Job, reason: str) -> None:
+    """Cancel what waits on a job that failed for good, and what waits on those: they can never run.
+
+    RQ would leave them deferred forever; canceled, with the reason in their meta,
+    they show why in `taskctl status` and the dashboard.
+    """
+    pending = list(job.dependent_ids)
+    while pending:
+        dependent = CatalogJob.fetch_many([pending.pop()], connection=job.connection)[0]
+        if dependent is None or dependent.get_status(refresh=False) != rq.job.JobStatus.DEFERRED:
+            continue
+        dependent.meta[CANCELED_BECAUSE] = reason
+        dependent.save_meta()  # type: ignore[no-untyped-call]
+        dependent.cancel()
+        pending.extend(dependent.dependent_ids)

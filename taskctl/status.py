@@ -14,7 +14,7 @@ from rq.results import Result
 
 from taskctl.catalog import get_catalog
 from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, WaitTimeoutError
-from taskctl.rqclasses import FAILED_RUNS, CatalogJob, Queue
+from taskctl.rqclasses import CANCELED_BECAUSE, FAILED_RUNS, CatalogJob, Queue
 
 #: States a job does not leave by itself.
 FINAL_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
@@ -71,6 +71,8 @@ def report(job: CatalogJob) -> JobReport:
     error = None
     if latest is not None and latest.type == Result.Type.FAILED and latest.exc_string:
         error = latest.exc_string.strip().splitlines()[-1]
+    elif status == JobStatus.CANCELED and job.meta.get(CANCELED_BECAUSE):
+        error = f"canceled: {job.meta[CANCELED_BECAUSE]}"
     return JobReport(
         id=job.id,
         name=job_name(job),

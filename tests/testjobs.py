@@ -94,3 +94,9 @@ def count_to(total: int) -> int:
     for done in range(1, total + 1):
         report_progress(done, total, f"step {done}")
     return total
+
+
+@job()
+def total(results: list[int], offset: int = 0) -> int:
+    """A chord callback: add up the group's results."""
+    return sum(results) + offset
