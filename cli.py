@@ -163,6 +163,46 @@ def result(job_id: str) -> None:
     click.echo(_json(result_of(fetch_job(job_id, connect()))))
 
 
+@main.command(name="enqueue-many")
+@click.argument("job")
+@click.option("--from", "source", type=click.File("r"), required=True, help="JSON Lines or CSV file; - for stdin.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), help="Default: csv for *.csv, else jsonl.")
+@click.option("--queue", "-q", help="Queue for every job (default: the one the job declares).")
+@click.option("--skip-invalid", is_flag=True, help="Enqueue the good lines even when some are bad.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Jobs per round trip.")
+def enqueue_many(
+    job: str, source: Any, fmt: str | None, queue: str | None, skip_invalid: bool, batch_size: int
+) -> None:
+    """Enqueue JOB once per line of a file: a JSON array or object per line, or CSV with a header.
+
+    Every line is checked first; with any bad line nothing is enqueued (unless --skip-invalid).
+    """
+    import sys
+
+    from taskctl.bulk import read_calls
+    from taskctl.connection import connect
+    from taskctl.enqueue import enqueue_many as enqueue_calls
+
+    fmt = fmt or ("csv" if str(getattr(source, "name", "")).endswith(".csv") else "jsonl")
+    calls, bad = read_calls(job, source, fmt, queue=queue)  # type: ignore[arg-type]
+    for line in bad[:20]:
+        click.echo(f"line {line.number}: {line.problem}", err=True)
+    if len(bad) > 20:
+        click.echo(f"... and {len(bad) - 20} more bad lines", err=True)
+    if bad and not skip_invalid:
+        raise click.UsageError(
+            f"{len(bad)} bad line(s) in {source.name}; nothing enqueued (--skip-invalid enqueues the rest)"
+        )
+    if not calls:
+        raise click.UsageError(f"no job to enqueue in {source.name}")
+    connection = connect()
+    with click.progressbar(length=len(calls), label="Enqueueing", file=sys.stderr) as bar:
+        ids = enqueue_calls(calls, connection, batch_size=batch_size, progress=bar.update)
+    queues = ", ".join(sorted({call.queue for call in calls}))
+    skipped = f"; skipped {len(bad)} bad line(s)" if bad else ""
+    click.echo(f"Enqueued {len(ids)} {job} job(s) on {queues}{skipped}.")
+
+
 @main.command()
 @click.argument("steps", nargs=-1, required=True)
 @click.option("--wait", is_flag=True, help="Block until the chain ends, then print the last result or the failure.")
