@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -147,18 +148,30 @@ def start_web(**env: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen([sys.executable, "-m", "taskctl.web"], env=environ, cwd=Path.cwd(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    try:
+        wait_until_serving(process, base, "/healthz", {200, 503}, "the web process")
+    except AssertionError:
+        stop(process)
+        raise
+    return process, base
+
+
+def wait_until_serving(
+    process: subprocess.Popen[Any], base: str, path: str, statuses: set[int], what: str, timeout: float = 30
+) -> None:
+    """Wait until a server process we started answers ``path`` with one of ``statuses``."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"web process exited: {process.stdout.read() if process.stdout else ''}")
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"{what} exited with {process.returncode}: {output}")
         try:
-            if fetch(base, "/healthz")[0] in (200, 503):
-                return process, base
+            if fetch(base, path)[0] in statuses:
+                return
         except OSError:
             pass
         time.sleep(0.1)
-    stop(process)
-    raise AssertionError("web process did not answer within 30 s")
+    raise AssertionError(f"{what} did not answer {base}{path} within {timeout:g} s")
 
 
 @pytest.fixture

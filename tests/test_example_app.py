@@ -29,7 +29,7 @@ from redis import Redis
 from jobs import shop
 from taskctl import settings as settings_module
 from taskctl.stack import stop
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_until_serving
 
 SMTP_DELAY = 3.0
 JOB_NAMES = {"send_email", "push_notification", "update_inventory", "process_order"}
@@ -98,17 +98,11 @@ def launch_app(tmp_path: Path) -> Iterator[Launch]:
             )  # fmt: skip
         started.append(process)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"the example app exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if call(base, "/orders/0")[0] == 404:
-                    return base
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"the example app did not answer within 30 s:\n{log.read_text()}")
+        try:
+            wait_until_serving(process, base, "/orders/0", {404}, "the example app")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()}") from None
+        return base
 
     yield launch
     for process in started:

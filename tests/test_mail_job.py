@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
@@ -18,14 +17,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from jobs.mail import send_email
 from taskctl import settings as taskctl_settings
 from taskctl.exceptions import PermanentError, TransientError
+from tests.conftest import free_port
 
 USER, PASSWORD = "ann@example.com", "p@ss:w/rd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,14 +18,9 @@ import pytest
 from jobs.push import push_notification
 from taskctl import settings as taskctl_settings
 from taskctl.exceptions import PermanentError, TransientError
+from tests.conftest import free_port
 
 TOKEN = "s3cr3t-T0KEN"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
