@@ -6,8 +6,18 @@ import pytest
 from redis import Redis
 
 from taskctl.enqueue import enqueue, enqueue_call
-from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError, UnknownJobError
+from taskctl.exceptions import (
+    InvalidArgumentsError,
+    InvalidQueueError,
+    JobFailedError,
+    JobStateError,
+    NoResultError,
+    NoSuchJobError,
+    UnknownJobError,
+)
+from taskctl.handle import JobHandle
 from tests import testjobs
+from tests.conftest import run_burst_worker
 
 
 def test_enqueue_by_name_or_by_function_uses_the_declared_queue(configured: str, redis: Redis) -> None:
@@ -63,3 +73,32 @@ def test_bad_calls_raise_before_anything_reaches_redis(
 
     assert message in str(raised.value)
     assert redis.dbsize() == 0
+
+
+def test_a_handle_gives_the_result_when_the_job_finishes(worker: object) -> None:
+    handle = enqueue("add", 20, 22)
+
+    assert handle.result(timeout=30) == 42
+    assert JobHandle.fetch(handle.id).status == "finished"
+
+
+def test_a_handle_raises_the_failure_and_can_cancel_a_waiting_job(configured: str) -> None:
+    waiting = enqueue("add", 1, 2)
+    with pytest.raises(NoResultError, match="is queued; it has no result yet"):
+        waiting.result()
+
+    waiting.cancel()
+
+    assert JobHandle.fetch(waiting.id).status == "canceled"
+    with pytest.raises(JobStateError, match="only queued, scheduled or deferred jobs can be cancelled"):
+        waiting.cancel()
+    with pytest.raises(NoSuchJobError):
+        JobHandle.fetch("no-such-job")
+
+
+def test_a_handle_reports_a_failed_job(configured: str) -> None:
+    handle = enqueue("fail", "out of ink")
+    run_burst_worker()
+
+    with pytest.raises(JobFailedError, match=f"job {handle.id} failed: RuntimeError: out of ink"):
+        handle.result(timeout=5)
