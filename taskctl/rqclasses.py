@@ -3,20 +3,19 @@
 A job in Redis is data anyone with Redis access can write. ``CatalogJob`` makes
 sure that data can never name code to run: it reads and writes JSON only (never
 pickle) and resolves its function through the job catalog, refusing anything
-else before it is imported. ``Queue`` and ``Worker`` pin that job class, so the
-stock ``rq worker -w taskctl.rqclasses.Worker`` behaves exactly like taskctl.
+else before it is imported. ``Queue`` pins that job class, and dequeues without
+a loss window (see ``Queue.dequeue_any``); the worker is in ``taskctl.worker``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import rq
 from redis import Redis
+from rq.exceptions import DequeueTimeout
 from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
@@ -57,6 +56,22 @@ class CatalogJob(rq.job.Job):
         return [job.return_value() if job is not None else None for job in jobs]
 
 
+#: Take the first job of the first non-empty queue, moving it into that queue's
+#: intermediate list in the same step: a worker killed right after this has lost
+#: nothing, RQ's intermediate-queue cleanup gives the job back.
+CLAIM_SCRIPT = """
+for _, key in ipairs(KEYS) do
+    local job_id = redis.call('LMOVE', key, key .. ':intermediate', 'LEFT', 'RIGHT')
+    if job_id then return {key, job_id} end
+end
+return false
+"""
+#: Tokens kept per queue to wake idle workers; they are hints, not jobs, so a lost one costs nothing.
+WAKEUP_TOKENS_KEPT = 100
+#: An idle worker looks at its queues at least this often, for jobs pushed without a token.
+IDLE_POLL_SECONDS = 1
+
+
 class Queue(rq.Queue):
     job_class = CatalogJob
 
@@ -65,44 +80,60 @@ class Queue(rq.Queue):
         kwargs["serializer"] = JSONSerializer
         super().__init__(name, connection=connection, **kwargs)
 
+    @property
+    def wakeup_key(self) -> str:
+        return f"{self.key}:wakeup"
 
-class Worker(rq.Worker):
-    """RQ's forking worker, with taskctl's job and queue classes whatever the command line says."""
+    def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
+        # In the same round trip as the push itself: a token that wakes an idle worker.
+        connection = pipeline if pipeline is not None else self.connection.pipeline()
+        super().push_job_id(job_id, pipeline=connection, at_front=at_front)
+        connection.rpush(self.wakeup_key, 1)
+        connection.ltrim(self.wakeup_key, -WAKEUP_TOKENS_KEPT, -1)
+        if pipeline is None:
+            connection.execute()
 
-    job_class = CatalogJob
-    queue_class = Queue  # type: ignore[assignment]  # RQ types it as its own Queue; ours is a subclass
+    @classmethod
+    def dequeue_any(
+        cls,
+        queues: Iterable[rq.Queue],
+        timeout: int | None,
+        connection: Redis,
+        job_class: Any = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[rq.job.Job, rq.Queue] | None:
+        """Dequeue in priority order without RQ's multi-queue loss window.
 
-    def __init__(
-        self, queues: Iterable[rq.Queue | str] | rq.Queue | str, name: str | None = None, *args: Any, **kwargs: Any
-    ) -> None:
-        kwargs["job_class"] = CatalogJob
-        kwargs["queue_class"] = Queue
-        kwargs["serializer"] = JSONSerializer
-        # Named after the host, so that `taskctl queues` and the dashboard tell hosts apart.
-        name = name or f"{socket.gethostname()}.{os.getpid()}"
-        given = [queues] if isinstance(queues, (str, rq.Queue)) else list(queues)
-        connection = kwargs.get("connection")
-        rebuilt = [
-            q
-            if isinstance(q, Queue)
-            else Queue(q if isinstance(q, str) else q.name, connection=connection or getattr(q, "connection", None))
-            for q in given
-        ]
-        super().__init__(rebuilt, name, *args, **kwargs)
-
-    def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
-        # RQ calls this with the job's exception just before it decides on a retry:
-        # count the failed run, and let a permanent error spend no retry.
-        job.meta[FAILED_RUNS] = int(job.meta.get(FAILED_RUNS, 0)) + 1
-        job.save_meta()  # type: ignore[no-untyped-call]  # one HSET, on failures only
-        if isinstance(exc_info[1], NOT_RETRIED):
-            job.retries_left = 0
-        super().handle_exception(job, *exc_info)
-
-    def handle_job_failure(self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
-        super().handle_job_failure(job, queue, *args, **kwargs)
-        if job.get_status(refresh=True) == rq.job.JobStatus.FAILED:
-            cancel_dependents(job, f"{job.description or job.id} failed")
+        RQ moves a job atomically into an intermediate list only for one-queue
+        workers; with several queues it BLPOPs, and a worker killed between the
+        pop and the job's registration loses the job (rq issue 1716). Here every
+        worker claims atomically (a Lua LMOVE over the queues in order), and an
+        idle worker blocks on per-queue wake-up tokens instead of on the jobs.
+        """
+        queues = list(queues)
+        keys = [queue.key for queue in queues]
+        claim = connection.register_script(CLAIM_SCRIPT)
+        waited = 0.0
+        while True:
+            claimed = claim(keys=keys)
+            if claimed:
+                queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in claimed)
+                fetched = cls._fetch_dequeued_job(
+                    connection, queue_key, job_id, job_class=job_class, serializer=serializer,
+                    death_penalty_class=death_penalty_class,
+                )  # fmt: skip
+                if fetched is None:
+                    connection.lrem(queue_key + ":intermediate", 1, job_id)  # the job hash is gone
+                    continue
+                return fetched
+            if timeout is None:
+                return None
+            wait = min(IDLE_POLL_SECONDS, max(timeout - waited, 0))
+            if wait <= 0:
+                raise DequeueTimeout(timeout, keys)
+            connection.blpop([key + ":wakeup" for key in keys], wait)
+            waited += wait
 
 
 def cancel_dependents(job: rq.job.Job, reason: str) -> None:

@@ -40,6 +40,14 @@ class Settings:
     # notice and requeue them, short enough not to fill Redis (RQ keeps them a year).
     result_ttl: int = 86_400
     failure_ttl: int = 7 * 86_400
+    # Workers: heartbeat every job_monitoring_interval s while a job runs; a job whose
+    # worker stopped heartbeating is recovered heartbeat_grace s later, at the next
+    # maintenance pass (every maintenance_interval s, by any live worker).
+    job_monitoring_interval: int = 5
+    heartbeat_grace: int = 10
+    maintenance_interval: int = 10
+    # Address space a job may use, in MiB (0: no limit): past it the job fails with MemoryError.
+    job_memory_limit_mb: int = 0
     # Seconds to wait for Redis to accept a connection: a CLI that hangs is worse than
     # one that fails.
     redis_connect_timeout: float = 3.0
@@ -189,6 +197,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         backoff=float(number("TASKCTL_BACKOFF", defaults.backoff, minimum=0)),
         backoff_cap=float(number("TASKCTL_BACKOFF_CAP", defaults.backoff_cap)),
         result_ttl=int(number("TASKCTL_RESULT_TTL", defaults.result_ttl)),
+        job_monitoring_interval=int(number("TASKCTL_JOB_MONITORING_INTERVAL", defaults.job_monitoring_interval)),
+        heartbeat_grace=int(number("TASKCTL_HEARTBEAT_GRACE", defaults.heartbeat_grace)),
+        maintenance_interval=int(number("TASKCTL_MAINTENANCE_INTERVAL", defaults.maintenance_interval)),
+        job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         redis_connect_timeout=float(number("TASKCTL_REDIS_CONNECT_TIMEOUT", defaults.redis_connect_timeout)),
         scheduler_interval=float(number("TASKCTL_SCHEDULER_INTERVAL", defaults.scheduler_interval)),

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from redis import Redis
 from rq.utils import str_to_date
 
-from taskctl.rqclasses import Queue, Worker
+from taskctl.rqclasses import Queue
 from taskctl.settings import Settings
+from taskctl.worker import Worker
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def worker_command(*extra: str) -> list[str]:
         "-c",
         "taskctl.rqconfig",
         "-w",
-        "taskctl.rqclasses.Worker",
+        "taskctl.worker.Worker",
         "--with-scheduler",
         *extra,
     ]

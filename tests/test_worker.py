@@ -22,7 +22,7 @@ def test_plain_rq_worker_high_default_low_works_with_rq_config_and_worker_class_
     marker = tmp_path / "pwned"
     planted = Queue("default", connection=Redis.from_url(configured), serializer=JSONSerializer)
     refused = planted.enqueue_call("os.system", args=(f"touch {marker}",))
-    env = dict(os.environ, RQ_CONFIG="taskctl.rqconfig", RQ_WORKER_CLASS="taskctl.rqclasses.Worker")
+    env = dict(os.environ, RQ_CONFIG="taskctl.rqconfig", RQ_WORKER_CLASS="taskctl.worker.Worker")
 
     subprocess.run([str(BIN / "rq"), "worker", "high", "default", "low", "--burst"],
                    env=env, cwd=ROOT, timeout=60, check=True, capture_output=True)  # fmt: skip
@@ -41,7 +41,7 @@ def test_the_worker_reads_redis_url_from_a_dotenv_file(
     (project / ".env").write_text(f"REDIS_URL={configured}\n")
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
 
-    subprocess.run([str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.rqclasses.Worker", "--burst"],
+    subprocess.run([str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker", "--burst"],
                    env=env, cwd=project, timeout=60, check=True, capture_output=True)  # fmt: skip
 
     assert taskctl("result", job_id).output == "3\n"
