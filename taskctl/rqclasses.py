@@ -68,6 +68,8 @@ return false
 """
 #: Tokens kept per queue to wake idle workers; they are hints, not jobs, so a lost one costs nothing.
 WAKEUP_TOKENS_KEPT = 100
+#: Longest a (dead) worker can keep the others from cleaning a queue's registries.
+MAINTENANCE_LOCK_SECONDS = 60
 #: An idle worker looks at its queues at least this often, for jobs pushed without a token.
 IDLE_POLL_SECONDS = 1
 
@@ -79,6 +81,11 @@ class Queue(rq.Queue):
         kwargs["job_class"] = CatalogJob
         kwargs["serializer"] = JSONSerializer
         super().__init__(name, connection=connection, **kwargs)
+
+    def acquire_maintenance_lock(self) -> bool:
+        # RQ holds this lock for 15 minutes: a worker killed while cleaning would stop
+        # every recovery of abandoned jobs for that long. A minute is ample for a pass.
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_SECONDS))
 
     @property
     def wakeup_key(self) -> str:

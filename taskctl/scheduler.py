@@ -82,8 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         with local_time_in(settings.timezone):
-            from taskctl.schedules import sync
+            return _run(settings, args.burst)
+    except TaskctlError as exc:
+        logging.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
+
+def _run(settings: Settings, burst: bool) -> int:
+    """Sync, then run; when Redis goes away, wait for it and start again (a burst run just fails)."""
+    from taskctl.schedules import sync
+
+    delay = 0.5
+    while True:
+        try:
             scheduler = make_scheduler(settings)
             plan = sync(scheduler, settings)
             logging.info("schedules from %s: %s", settings.schedules_file, plan.summary())
@@ -93,16 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                 settings.scheduler_interval,
                 settings.timezone,
             )
-            scheduler.run(burst=args.burst)
-    except TaskctlError as exc:
-        logging.error("%s", exc)
-        return 1
-    except REDIS_DOWN_ERRORS as exc:
-        logging.error("cannot reach Redis at %s: %s", get_settings().redis_url_masked, exc)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+            scheduler.run(burst=burst)
+            return 0
+        except REDIS_DOWN_ERRORS as exc:
+            logging.error("cannot reach Redis at %s: %s", settings.redis_url_masked, exc)
+            if burst:
+                return 1
+            logging.info("retrying in %gs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,13 @@ class Worker(rq.Worker):
         self.job_memory_limit_mb = settings.job_memory_limit_mb
         super().__init__(rebuilt, name, *args, **kwargs)
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ blocks for worker_ttl - 15 s (405 s) when idle, and runs maintenance
+        # only between blocks: an idle worker would leave dead workers' jobs alone
+        # for minutes.
+        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+
     def get_heartbeat_ttl(self, job: rq.job.Job, working_time: float = 0.0) -> int:
         # RQ adds a fixed 60 s of grace to each heartbeat; a job whose worker died is
         # only noticed once that has run out.

@@ -28,6 +28,24 @@ from taskctl.stack import redis_server, stop
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TEST_JOB_PACKAGES = "jobs,tests.testjobs"
+#: Lines the fault-injection tests report; printed at the end of the run.
+SUMMARIES: list[str] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", type=int, default=1, help="multiply the fault-injection suite's sizes (default 1)")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SUMMARIES:
+        terminalreporter.section("fault injection")
+        for line in SUMMARIES:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--soak"))
 
 
 def free_port() -> int:

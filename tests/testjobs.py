@@ -5,6 +5,7 @@ The tests add this module to the catalog with TASKCTL_JOB_PACKAGES.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -100,3 +101,36 @@ def count_to(total: int) -> int:
 def total(results: list[int], offset: int = 0) -> int:
     """A chord callback: add up the group's results."""
     return sum(results) + offset
+
+
+@job(timeout=30, retries=5, backoff=0)
+def tally(log: str, token: str, seconds: float) -> str:
+    """Log the start and the end of this run, so tests can count runs and see any overlap."""
+    _append(log, f"start {token} {os.getpid()} {time.time()}\n")
+    time.sleep(seconds)
+    _append(log, f"end {token} {os.getpid()} {time.time()}\n")
+    return token
+
+
+def _append(path: str, line: str) -> None:
+    # One write on an O_APPEND descriptor: lines from concurrent workers never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+@job(retries=0)
+def hog_memory(megabytes: int) -> int:
+    """Allocate that much memory at once."""
+    block = bytearray(megabytes * 1024 * 1024)
+    return len(block)
+
+
+@job(retries=0)
+def segfault() -> None:
+    """Crash the process that runs it, as a bad C extension would."""
+    import ctypes
+
+    ctypes.string_at(0)

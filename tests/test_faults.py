@@ -1,0 +1,350 @@
+"""Nothing lost: real processes, real signals, a real Redis killed and restarted.
+
+Every accepted job must reach exactly one final state (finished, or failed with a
+reason) and none may stay "started". Each test adds a summary line (accepted,
+finished, failed, lost, duplicates executed) printed at the end of the run.
+Run alone with ``pytest -m faults``; ``--soak N`` multiplies the sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+from redis import Redis
+
+from taskctl.bulk import read_calls
+from taskctl.enqueue import enqueue_many
+from taskctl.rqclasses import CatalogJob
+from taskctl.stack import redis_server, stop
+from tests.conftest import ROOT, SUMMARIES, fetch, free_port, start_web, taskctl, worker_command
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+
+FINAL = {"finished", "failed"}
+
+
+@dataclass
+class Audit:
+    accepted: int = 0
+    finished: int = 0
+    failed: int = 0
+    lost: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    overlapping: list[str] = field(default_factory=list)
+
+    def line(self, name: str, extra: str = "") -> str:
+        return (
+            f"{name}: accepted={self.accepted} finished={self.finished} failed={self.failed} "
+            f"lost={len(self.lost)} stuck={len(self.stuck)} duplicates executed={self.duplicates}"
+            f" concurrent duplicates={len(self.overlapping)}{extra}"
+        )
+
+
+def statuses(redis: Redis, ids: list[str]) -> dict[str, str | None]:
+    with redis.pipeline() as pipeline:
+        for job_id in ids:
+            pipeline.hget(CatalogJob.redis_job_namespace_prefix + job_id, "status")
+        return {job_id: (s.decode() if s else None) for job_id, s in zip(ids, pipeline.execute(), strict=True)}
+
+
+def wait_until_final(redis: Redis, ids: list[str], timeout: float) -> dict[str, str | None]:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = statuses(redis, ids)
+        if all(s in FINAL for s in current.values()) or time.monotonic() > deadline:
+            return current
+        time.sleep(0.5)
+
+
+def where(redis: Redis, job_id: str) -> list[str]:
+    """Every list and sorted set that holds the job id: where a stuck job is stuck."""
+    found = []
+    for key in redis.scan_iter("rq:*"):
+        kind = redis.type(key)
+        if kind == b"list" and job_id.encode() in redis.lrange(key, 0, -1):
+            found.append(key.decode())
+        elif kind == b"zset" and any(m.startswith(job_id.encode()) for m in redis.zrange(key, 0, -1)):
+            found.append(key.decode())
+    return found
+
+
+def audit(redis: Redis, ids: list[str], log: Path | None, timeout: float) -> Audit:
+    """Wait (bounded) for every job to end, then count outcomes and read the run log for duplicates."""
+    final = wait_until_final(redis, ids, timeout)
+    result = Audit(accepted=len(ids))
+    for job_id, status in final.items():
+        if status == "finished":
+            result.finished += 1
+        elif status == "failed":
+            result.failed += 1
+        elif status == "started":
+            result.stuck.append(job_id)
+        else:
+            result.lost.append(f"{job_id}:{status} in {where(redis, job_id)}")
+    if log is not None and log.exists():
+        runs: dict[tuple[str, str], list[float | None]] = {}  # (token, pid) -> [start, end]
+        for line in log.read_text().splitlines():
+            kind, token, pid, moment = line.split()
+            run = runs.setdefault((token, pid), [None, None])
+            run[0 if kind == "start" else 1] = float(moment)
+        by_token: dict[str, list[list[float | None]]] = {}
+        for (token, _pid), run in runs.items():
+            by_token.setdefault(token, []).append(run)
+        for token, token_runs in by_token.items():
+            result.duplicates += max(0, sum(1 for _, end in token_runs if end is not None) - 1)
+            # Two runs of one job at once: one started while another (which did finish) was going.
+            for start, end in token_runs:
+                if end is not None and any(
+                    other_start is not None and start is not None and start < other_start < end
+                    for other_start, _ in token_runs
+                ):
+                    result.overlapping.append(token)
+                    break
+    return result
+
+
+@pytest.fixture
+def workers(configured: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(**env: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            worker_command(), env=dict(os.environ, **env), cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            stop(process, timeout=5)
+
+
+def horse_of(worker: subprocess.Popen[str]) -> psutil.Process | None:
+    try:
+        children = psutil.Process(worker.pid).children()
+    except psutil.NoSuchProcess:
+        return None
+    return children[0] if children else None
+
+
+def enqueue_tallies(log: Path, count: int, seconds: float) -> list[str]:
+    queues = ["high", "default", "low"]
+    lines = (f'{{"log": "{log}", "token": "t{i}", "seconds": {seconds}}}' for i in range(count))
+    calls, bad = read_calls("tally", lines)
+    assert not bad
+    from dataclasses import replace
+
+    calls = [replace(call, queue=queues[i % 3]) for i, call in enumerate(calls)]
+    return enqueue_many(calls)
+
+
+def test_workers_killed_mid_job_lose_nothing(
+    workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path, soak: int
+) -> None:
+    """Fault 1: SIGKILL to whole workers, to main processes only, to work-horses only, while others work."""
+    log = tmp_path / "runs.log"
+    ids = enqueue_tallies(log, 2000 * soak, 0.02)
+    pool = [workers() for _ in range(4)]
+    kills = {"whole worker": 0, "main process": 0, "work-horse": 0}
+    rng = random.Random(1716)
+    deadline = time.monotonic() + 240 * soak
+    while time.monotonic() < deadline and sum(kills.values()) < 24 * soak:
+        time.sleep(0.8)
+        if all(s in FINAL for s in statuses(redis, ids[-50:]).values()) and sum(kills.values()) >= 20:
+            break
+        victim = rng.choice(pool)
+        horse = horse_of(victim)
+        kind = rng.choice(list(kills))
+        if horse is None:
+            continue
+        try:
+            if kind != "main process":
+                horse.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue  # the job ended first: try again
+        if kind != "work-horse":
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=10)
+            pool[pool.index(victim)] = workers()  # the process manager restarts it
+        kills[kind] += 1
+
+    result = audit(redis, ids, log, timeout=180)
+
+    total = sum(kills.values())
+    SUMMARIES.append(result.line("fault 1 (SIGKILL workers)", f" kills={total} {kills}"))
+    assert total >= 20
+    assert (result.lost, result.stuck, result.overlapping) == ([], [], [])
+    assert result.finished + result.failed == result.accepted
+    assert sum(redis.zcard(f"rq:wip:{queue}") for queue in ("high", "default", "low")) == 0  # none started
+
+
+def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
+    workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    [job_id] = enqueue_tallies(log, 1, 8)
+    victim = workers()
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    horse = horse_of(victim)
+    assert horse is not None
+    victim.send_signal(signal.SIGKILL)
+    horse.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    workers()  # another worker, which does the recovery
+
+    final = wait_until_final(redis, [job_id], timeout=90)
+    recovered_after = time.monotonic() - killed_at
+
+    assert final[job_id] == "finished"
+    starts = [line for line in log.read_text().splitlines() if line.startswith("start")]
+    assert len(starts) == 2  # killed once, run again
+    SUMMARIES.append(f"whole worker SIGKILL: job retried and finished {recovered_after:.0f} s after the kill")
+    assert recovered_after < 60
+
+
+def test_a_worker_killed_alone_takes_its_work_horse_with_it(
+    workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path
+) -> None:
+    """Only the main process is killed: its horse must not go on running the job unsupervised."""
+    log = tmp_path / "runs.log"
+    [job_id] = enqueue_tallies(log, 1, 6)
+    victim = workers()
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    horse = horse_of(victim)
+    assert horse is not None
+    victim.send_signal(signal.SIGKILL)
+
+    horse.wait(timeout=5)  # gone at once: PR_SET_PDEATHSIG
+    workers()
+    final = wait_until_final(redis, [job_id], timeout=90)
+
+    assert final[job_id] == "finished"
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["start", "start", "end"]  # one run killed, one whole
+
+
+def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(
+    workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path
+) -> None:
+    """Fault 2: a deploy. The second signal stops at once, and the job is recovered."""
+    log = tmp_path / "runs.log"
+    first, second = enqueue_tallies(log, 2, 3)
+    worker = workers()
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert statuses(redis, [first])[first] == "finished"
+    assert statuses(redis, [second])[second] == "queued"  # not taken by a worker that was stopping
+
+    stopped = workers()
+    deadline = time.monotonic() + 30
+    while len(log.read_text().splitlines()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    stopped.send_signal(signal.SIGTERM)  # cold shutdown: the horse is killed
+    stopped.wait(timeout=15)
+    workers()
+
+    result = audit(redis, [first, second], log, timeout=90)
+    SUMMARIES.append(result.line("fault 2 (SIGTERM, then SIGTERM twice)"))
+    assert (result.finished, result.lost, result.stuck) == (2, [], [])
+
+
+def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, soak: int
+) -> None:
+    """Faults 3 and 4: Redis SIGKILLed and down 30 s, with AOF everysec; everyone reconnects."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    data = tmp_path / "redis"
+    monkeypatch.setenv("REDIS_URL", url)
+    from taskctl.settings import get_settings
+
+    get_settings.cache_clear()
+    log = tmp_path / "runs.log"
+    env = dict(os.environ)
+    processes: list[subprocess.Popen[str]] = []
+    server = redis_server(port, data)
+    redis_process = server.__enter__()
+    try:
+        ids = enqueue_tallies(log, 300 * soak, 0.05)
+        delayed = taskctl("enqueue", "add", "1", "2", "--in", "40s").output.split(" as ")[1].split()[0]
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        for _ in range(2):
+            processes.append(subprocess.Popen(worker_command(), env=env, cwd=ROOT, **quiet))  # type: ignore[call-overload]
+        scheduler_env = dict(env, TASKCTL_SCHEDULER_INTERVAL="0.5")
+        scheduler = [sys.executable, "-m", "taskctl.scheduler"]
+        processes.append(subprocess.Popen(scheduler, cwd=tmp_path, env=scheduler_env, **quiet))  # type: ignore[call-overload]
+        web, base = start_web()
+        processes.append(web)
+        time.sleep(2.5)  # past the fsync window of what was enqueued so far; the workers are busy
+        redis_process.send_signal(signal.SIGKILL)
+        redis_process.wait(timeout=10)
+        down_since = time.monotonic()
+
+        refused = taskctl("enqueue", "add", "1", "2")
+        assert refused.exit_code == 1 and refused.output.startswith(f"Error: cannot reach Redis at {url}")
+        assert fetch(base, "/healthz")[0] == 503
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_since)))
+        assert taskctl("status", ids[0]).exit_code == 1
+
+        server.__exit__(None, None, None)
+        server = redis_server(port, data)
+        server.__enter__()  # same port, same append-only file
+        assert fetch(base, "/healthz")[0] == 200
+        after = taskctl("enqueue", "add", "2", "3")
+        assert after.exit_code == 0
+
+        client = Redis.from_url(url)
+        result = audit(client, ids, log, timeout=120)
+        scheduled_ran = wait_until_final(client, [delayed], timeout=60)[delayed]
+        alive = [p for p in processes if p.poll() is None]
+        SUMMARIES.append(result.line("faults 3+4 (Redis SIGKILL, 30 s down, restart)"))
+        assert (result.lost, result.stuck) == ([], [])
+        assert result.finished == result.accepted
+        assert scheduled_ran == "finished"  # the scheduler reconnected and enqueued it, a worker ran it
+        assert len(alive) == len(processes)  # workers, scheduler and web all carried on
+    finally:
+        for process in processes:
+            stop(process, timeout=5)
+        server.__exit__(None, None, None)
+
+
+def test_a_job_that_exhausts_memory_or_segfaults_fails_and_the_worker_survives(
+    workers: Callable[..., subprocess.Popen[str]], redis: Redis
+) -> None:
+    """Fault 5."""
+    hog = taskctl("enqueue", "hog_memory", "2048").output.split(" as ")[1].split()[0]
+    crash = taskctl("enqueue", "segfault").output.split(" as ")[1].split()[0]
+    after = taskctl("enqueue", "add", "1", "1").output.split(" as ")[1].split()[0]
+    worker = workers(TASKCTL_JOB_MEMORY_LIMIT_MB="512")
+
+    final = wait_until_final(redis, [hog, crash, after], timeout=60)
+
+    assert final == {hog: "failed", crash: "failed", after: "finished"}
+    assert "MemoryError" in taskctl("status", hog).output
+    assert "Work-horse terminated unexpectedly" in taskctl("failed", "show", crash).output
+    assert "(signal 11)" in taskctl("failed", "show", crash).output
+    assert worker.poll() is None
+    SUMMARIES.append("fault 5: MemoryError and SIGSEGV jobs failed with their reason; the worker carried on")
