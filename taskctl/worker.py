@@ -5,9 +5,9 @@ What it adds to ``rq.Worker``, each for a failure seen in practice:
 
 - taskctl's job and queue classes whatever the command line says (JSON only,
   catalog functions only, a dequeue with no loss window);
-- a work-horse that dies with its worker (``PR_SET_PDEATHSIG``): a worker killed
-  mid-job no longer leaves an orphan running the job while it is recovered and run
-  again elsewhere;
+- a work-horse (and a scheduler process) that dies with its worker
+  (``PR_SET_PDEATHSIG``): a worker killed mid-job no longer leaves an orphan running
+  the job while it is recovered and run again elsewhere;
 - heartbeats every few seconds and a short grace, and maintenance every few
   seconds, so a job whose worker died is retried or failed within a bounded time
   (about 30 s with the defaults; RQ's took about 815 s);
@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import rq
+import rq.scheduler
+import rq.worker.base
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
 from rq.serializers import JSONSerializer
 
@@ -49,6 +51,22 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+class OwnedScheduler(rq.scheduler.RQScheduler):
+    """RQ's scheduler process (``--with-scheduler``), which exits when its worker dies.
+
+    Otherwise a worker killed with SIGKILL leaves its scheduler running as an
+    orphan, holding the scheduling locks, for as long as the host is up.
+    """
+
+    def work(self) -> None:
+        die_with_parent()
+        super().work()  # type: ignore[no-untyped-call]
+
+
+# RQ names its scheduler class in the worker module and offers no setting for it.
+rq.worker.base.RQScheduler = OwnedScheduler  # type: ignore[attr-defined]
 
 
 class Worker(rq.Worker):
