@@ -33,15 +33,27 @@ def get_redis(settings: Settings | None = None) -> Redis:
     return redis_from_url(settings.redis_url, settings.redis_connect_timeout)
 
 
+_answered: dict[tuple[str, float], Redis] = {}
+
+
 def connect(settings: Settings | None = None) -> Redis:
-    """A client whose server has answered a PING, or RedisUnavailableError naming the URL."""
+    """The process's client for the configured Redis, or RedisUnavailableError naming the URL.
+
+    The first call checks the server with a PING; later calls reuse the client and
+    its connection pool (a web app enqueues on every request), and a Redis that goes
+    away later fails the command itself, which callers turn into the same error.
+    """
     settings = settings or get_settings()
+    key = (settings.redis_url, settings.redis_connect_timeout)
+    if key in _answered:
+        return _answered[key]
     client = get_redis(settings)
     try:
         client.ping()
     except (*REDIS_DOWN_ERRORS, RedisError) as exc:
         # RedisError too: a wrong password, or something that is not Redis on that port.
         raise unavailable(settings.redis_url, exc) from None
+    _answered[key] = client
     return client
 
 

@@ -37,6 +37,7 @@ import rq.worker.base
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
 from rq.serializers import JSONSerializer
 
+from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS
 from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, CatalogJob, Queue, cancel_dependents
 from taskctl.settings import get_settings
@@ -44,13 +45,17 @@ from taskctl.settings import get_settings
 PR_SET_PDEATHSIG = 1
 
 
+try:
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:  # not a platform with a C library to ask
+    _LIBC = None
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies; elsewhere, do nothing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    prctl = getattr(_LIBC, "prctl", None)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class OwnedScheduler(rq.scheduler.RQScheduler):
@@ -95,6 +100,9 @@ class Worker(rq.Worker):
             else Queue(q if isinstance(q, str) else q.name, connection=connection or getattr(q, "connection", None))
             for q in given
         ]
+        # Load the catalog here, once: each forked work-horse inherits it instead of
+        # importing every job module again for every job.
+        get_catalog()
         self.heartbeat_grace = settings.heartbeat_grace
         self.job_memory_limit_mb = settings.job_memory_limit_mb
         super().__init__(rebuilt, name, *args, **kwargs)
