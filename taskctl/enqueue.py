@@ -187,8 +187,10 @@ def enqueue_many(
             with connection.pipeline() as pipeline:
                 for name in sorted({call.queue for call in batch}):
                     queue = Queue(name, connection=connection)
+                    queue.wake_on_push = False
                     datas = [rq_data(call, settings) for call in batch if call.queue == name]
                     queue.enqueue_many(datas, pipeline=pipeline)
+                    queue.wake(pipeline, len(datas))
                 pipeline.execute()
             ids.extend(call.job_id or "" for call in batch)
             if progress:

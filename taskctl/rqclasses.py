@@ -76,6 +76,8 @@ IDLE_POLL_SECONDS = 1
 
 class Queue(rq.Queue):
     job_class = CatalogJob
+    #: Bulk enqueue turns this off and wakes workers once per batch instead of once per job.
+    wake_on_push = True
 
     def __init__(self, name: str = "default", connection: Redis | None = None, **kwargs: Any) -> None:
         kwargs["job_class"] = CatalogJob
@@ -92,13 +94,20 @@ class Queue(rq.Queue):
         return f"{self.key}:wakeup"
 
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
+        if not self.wake_on_push:
+            super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
+            return
         # In the same round trip as the push itself: a token that wakes an idle worker.
         connection = pipeline if pipeline is not None else self.connection.pipeline()
         super().push_job_id(job_id, pipeline=connection, at_front=at_front)
-        connection.rpush(self.wakeup_key, 1)
-        connection.ltrim(self.wakeup_key, -WAKEUP_TOKENS_KEPT, -1)
+        self.wake(connection, 1)
         if pipeline is None:
             connection.execute()
+
+    def wake(self, pipeline: Any, jobs: int) -> None:
+        """Queue wake-up tokens for ``jobs`` new jobs (at most as many as idle workers could use)."""
+        pipeline.rpush(self.wakeup_key, *[1] * min(jobs, WAKEUP_TOKENS_KEPT))
+        pipeline.ltrim(self.wakeup_key, -WAKEUP_TOKENS_KEPT, -1)
 
     @classmethod
     def dequeue_any(
