@@ -85,3 +85,7 @@ class DuplicateJobError(TaskctlError):
 
 class ScheduleError(TaskctlError):
     """The declared schedules cannot be used; the message names each bad schedule and its problem."""
+
+
+class UnreadableJobError(TaskctlError):
+    """A job in Redis whose data is not JSON: something other than taskctl wrote it. It is never run."""

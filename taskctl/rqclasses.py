@@ -15,14 +15,14 @@ from typing import Any
 
 import rq
 from redis import Redis
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, DeserializationError
 from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
-from taskctl.exceptions import JobNotAllowedError, PermanentError
+from taskctl.exceptions import JobNotAllowedError, PermanentError, UnreadableJobError
 
 #: Failures that another try cannot fix: they go straight to the failed jobs.
-NOT_RETRIED = (PermanentError, JobNotAllowedError)
+NOT_RETRIED = (PermanentError, JobNotAllowedError, UnreadableJobError)
 #: Job meta key counting the runs that raised (RQ keeps no count across retries).
 FAILED_RUNS = "failed_runs"
 #: Job meta key of a chord's callback: the group members whose results it receives first.
@@ -38,6 +38,29 @@ class CatalogJob(rq.job.Job):
         # Whatever serializer the caller passes (stock `rq worker` passes pickle),
         # job data is JSON: unpickling data from Redis would run code.
         super().__init__(id, connection=connection, serializer=JSONSerializer)
+
+    @property
+    def func_name(self) -> str:
+        # RQ reads the function's name from the job data wherever it needs it (even in
+        # log lines); data that is not JSON is refused there, with a reason, and not retried.
+        try:
+            return str(super().func_name)
+        except DeserializationError:
+            raise UnreadableJobError(
+                "unreadable job data (not JSON): something other than taskctl wrote this job; it is never run"
+            ) from None
+
+    @func_name.setter
+    def func_name(self, value: str) -> None:
+        rq.job.Job.func_name.fset(self, value)  # type: ignore[attr-defined]
+
+    @property
+    def readable(self) -> bool:
+        try:
+            self.func_name  # noqa: B018  (reading it is the check)
+        except UnreadableJobError:
+            return False
+        return True
 
     @property
     def func(self) -> Callable[..., Any]:

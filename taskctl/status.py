@@ -13,9 +13,11 @@ from rq.job import JobStatus
 from rq.results import Result
 
 from taskctl.catalog import get_catalog
-from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, WaitTimeoutError
+from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, UnreadableJobError, WaitTimeoutError
 from taskctl.rqclasses import CANCELED_BECAUSE, FAILED_RUNS, CatalogJob, Queue
 
+#: What is shown for a job whose data is not JSON (written into Redis by something else).
+UNREADABLE = "(unreadable job data: not JSON)"
 #: States a job does not leave by itself.
 FINAL_STATES = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 #: States whose current run has not been counted as a failed run.
@@ -33,7 +35,10 @@ def fetch_job(job_id: str, connection: Redis) -> CatalogJob:
 
 def job_name(job: CatalogJob) -> str:
     """The catalog name of the job's function, or its raw path when it is not a catalog job."""
-    path = job.func_name or "?"
+    try:
+        path = job.func_name or "?"
+    except UnreadableJobError:
+        return UNREADABLE
     entry = get_catalog().by_path(path)
     return entry.name if entry else path
 

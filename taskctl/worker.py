@@ -171,6 +171,12 @@ class Worker(rq.Worker):
         super().handle_exception(job, *exc_info)
 
     def handle_job_failure(self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
+        if isinstance(job, CatalogJob) and not job.readable:
+            job.retries_left = 0  # data that is not JSON will not become JSON on a retry
+            kwargs["exc_string"] = (
+                "taskctl.exceptions.UnreadableJobError: unreadable job data (not JSON): "
+                "something other than taskctl wrote this job; it was never run"
+            )
         super().handle_job_failure(job, queue, *args, **kwargs)
         if job.get_status(refresh=True) == rq.job.JobStatus.FAILED:
             cancel_dependents(job, f"{job.description or job.id} failed")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from taskctl.handle import JobHandle
 from tests.conftest import ROOT, run_burst_worker, taskctl
 from tests.test_enqueue_cli import job_id_from
 from tests.test_failures import fields
@@ -132,3 +133,26 @@ def test_the_schedules_page_shows_declared_schedules_from_the_navigation(
     assert re.fullmatch(r"\d{4}-\d\d-\d\d 08:00:00 UTC", cells[4])
     assert page.locator("#delayed tbody tr", has_text=delayed).count() == 1
     screenshot(page, "schedules")
+
+
+PAYLOADS = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>"]
+
+
+def test_hostile_job_data_shows_as_text_and_never_runs(web: Callable[..., str], page: Any, redis: Any) -> None:
+    queued = [
+        job_id_from(taskctl("enqueue", "record", payload, payload, "--queue", "low").output) for payload in PAYLOADS
+    ]
+    for job_id, payload in zip(queued, PAYLOADS, strict=True):
+        job = JobHandle.fetch(job_id).job
+        job.meta["note"] = payload
+        job.save_meta()
+    failed = [job_id_from(taskctl("enqueue", "fail", payload).output) for payload in PAYLOADS]
+    run_burst_worker("default")
+    base = web()
+
+    for path in ["/0/view/jobs/low/queued/8/asc/1", f"/0/view/job/{queued[0]}", f"/0/view/job/{queued[1]}",
+                 "/0/view/jobs/default/failed/8/asc/1", f"/0/view/job/{failed[0]}", f"/0/view/job/{failed[1]}"]:  # fmt: skip
+        page.goto(base + path)
+        page.wait_for_function("document.body.innerText.includes('window.__xss')")
+        assert page.evaluate("window.__xss") is None, path
+    screenshot(page, "hostile-data")

@@ -7,6 +7,8 @@ rq-scheduler's jobs, ``/metrics`` and ``/healthz``.
 
 from __future__ import annotations
 
+import html
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,31 @@ def create_app(settings: Settings | None = None) -> Flask:
     def guard() -> Response | None:
         return refusal(request, settings)
 
+    @app.after_request
+    def escape_data(response: Response) -> Response:
+        # rq-dashboard's pages insert these values with unescaped templates (`<%= %>`):
+        # escaped here, a job's arguments, description, meta or traceback show as text.
+        if request.endpoint in DATA_ENDPOINTS and response.is_json:
+            response.set_data(json.dumps(_escaped(response.get_json())))
+        return response
+
     return app
+
+
+#: rq-dashboard's JSON endpoints, read by its pages' scripts.
+DATA_ENDPOINTS = frozenset(
+    {"rq_dashboard.list_queues", "rq_dashboard.list_jobs", "rq_dashboard.job_info", "rq_dashboard.list_workers"}
+)
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    return value
 
 
 def _settings() -> Settings:
