@@ -150,8 +150,9 @@ def test_hostile_job_data_shows_as_text_and_never_runs(web: Callable[..., str], 
     run_burst_worker("default")
     base = web()
 
-    for path in ["/0/view/jobs/low/queued/8/asc/1", f"/0/view/job/{queued[0]}", f"/0/view/job/{queued[1]}",
-                 "/0/view/jobs/default/failed/8/asc/1", f"/0/view/job/{failed[0]}", f"/0/view/job/{failed[1]}"]:  # fmt: skip
+    pages = ["/0/view/jobs/low/queued/8/asc/1", "/0/view/jobs/default/failed/8/asc/1"]
+    pages += [f"/0/view/job/{job_id}" for job_id in queued + failed]
+    for path in pages:
         page.goto(base + path)
         page.wait_for_function("document.body.innerText.includes('window.__xss')")
         assert page.evaluate("window.__xss") is None, path
