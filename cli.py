@@ -326,6 +326,22 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
             return
 
 
+@main.command()
+def doctor() -> None:
+    """Check Redis for what the guarantees assume: no eviction, persistence, version. Exit 1 on a problem."""
+    from taskctl.connection import connect
+    from taskctl.doctor import check_redis
+    from taskctl.settings import get_settings
+
+    findings = check_redis(connect())
+    click.echo(f"Redis at {get_settings().redis_url_masked}")
+    for finding in findings:
+        click.echo(f"  [{finding.level}] {finding.subject}: {finding.message}")
+    problems = [f for f in findings if f.level != "ok"]
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) found")
+
+
 @main.group(invoke_without_command=True)
 @click.option("--queue", "-q", help="Only this queue's failed jobs.")
 @click.pass_context

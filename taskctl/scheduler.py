@@ -28,6 +28,7 @@ from redis import Redis
 from rq_scheduler import Scheduler as RQScheduler
 
 from taskctl.connection import REDIS_DOWN_ERRORS, get_redis
+from taskctl.doctor import warn_if_unsafe
 from taskctl.exceptions import TaskctlError
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
@@ -98,6 +99,7 @@ def _run(settings: Settings, burst: bool) -> int:
     while True:
         try:
             scheduler = make_scheduler(settings)
+            warn_if_unsafe(scheduler.connection, logging.getLogger("taskctl.scheduler"))
             plan = sync(scheduler, settings)
             logging.info("schedules from %s: %s", settings.schedules_file, plan.summary())
             logging.info(

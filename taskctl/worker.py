@@ -27,6 +27,7 @@ import os
 import resource
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -39,10 +40,13 @@ from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS
+from taskctl.doctor import warn_if_unsafe
 from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, CatalogJob, Queue, cancel_dependents
 from taskctl.settings import get_settings
 
 PR_SET_PDEATHSIG = 1
+#: Seconds past its timeout before a job that swallowed the timeout is ended with its work-horse.
+HORSE_TIMEOUT_GRACE = 3
 
 
 try:
@@ -56,6 +60,15 @@ def die_with_parent() -> None:
     prctl = getattr(_LIBC, "prctl", None)
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _overran(job_id: str, timeout: int) -> None:
+    os.write(2, f"taskctl: job {job_id} ignored its {timeout} s timeout; ending its work-horse\n".encode())
+    os._exit(TIMEOUT_EXIT_CODE)
+
+
+#: The work-horse's exit code when the watchdog ended it.
+TIMEOUT_EXIT_CODE = 124
 
 
 class OwnedScheduler(rq.scheduler.RQScheduler):
@@ -106,6 +119,8 @@ class Worker(rq.Worker):
         self.heartbeat_grace = settings.heartbeat_grace
         self.job_memory_limit_mb = settings.job_memory_limit_mb
         super().__init__(rebuilt, name, *args, **kwargs)
+        if kwargs.get("prepare_for_work", True):
+            warn_if_unsafe(self.connection, self.log)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -134,6 +149,13 @@ class Worker(rq.Worker):
         if self.job_memory_limit_mb:
             limit = self.job_memory_limit_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if job.timeout and job.timeout > 0:
+            # RQ stops an overrunning job by raising JobTimeoutException in it; a job
+            # that catches every exception swallows that, and RQ's worker would let it
+            # run 60 s more. This ends the work-horse itself a few seconds after the timeout.
+            watchdog = threading.Timer(job.timeout + HORSE_TIMEOUT_GRACE, _overran, args=(job.id, job.timeout))
+            watchdog.daemon = True
+            watchdog.start()
         super().main_work_horse(job, queue)
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:

@@ -134,3 +134,15 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)
+
+
+@job(retries=0)
+def stubborn(seconds: float) -> str:
+    """Work that swallows every exception, the timeout's included."""
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass
+    return "done"

@@ -7,6 +7,7 @@ import sys
 
 from werkzeug.serving import run_simple
 
+from taskctl.doctor import warn_if_unsafe
 from taskctl.exceptions import TaskctlError
 from taskctl.settings import get_settings
 from taskctl.web.app import create_app
@@ -23,6 +24,7 @@ def main() -> int:
         return 1
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise
     app = create_app(settings)
+    warn_if_unsafe(app.config["TASKCTL_REDIS"], logging.getLogger("taskctl.web"))
     url = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
     access = "read-only" if settings.dashboard_read_only else "read-write"
     auth = "with basic auth" if settings.dashboard_username else "no auth (loopback only)"

@@ -1,0 +1,86 @@
+"""Checks of the Redis that taskctl runs on, for the settings its guarantees assume.
+
+A Redis with an eviction policy drops job hashes and queue entries without an
+error when memory runs out; one without persistence loses every queued job when
+it restarts. Workers, the scheduler and the web process warn about both when
+they start; ``taskctl doctor`` reports them with the Redis version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import ResponseError
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "ok", "warning" or "unknown"
+    subject: str
+    message: str
+
+
+def check_redis(connection: Redis) -> list[Finding]:
+    version = str(connection.info("server").get("redis_version", "?"))
+    findings = [
+        Finding("ok" if _at_least(version, (6, 2)) else "warning", "redis version",
+                version if _at_least(version, (6, 2)) else f"{version}: taskctl needs 6.2 or newer (LMOVE)")
+    ]  # fmt: skip
+    try:
+        config = {**connection.config_get("maxmemory-policy"), **connection.config_get("appendonly")}
+    except ResponseError as exc:
+        return [
+            *findings,
+            Finding(
+                "unknown",
+                "maxmemory-policy",
+                f"could not check ({exc}; CONFIG is disabled, a managed Redis?): "
+                "make sure it is noeviction, or full memory silently drops jobs",
+            ),
+            Finding("unknown", "persistence", "could not check: make sure the append-only file is on"),
+        ]
+    policy = config.get("maxmemory-policy", "?")
+    findings.append(
+        Finding("ok", "maxmemory-policy", policy)
+        if policy == "noeviction"
+        else Finding(
+            "warning",
+            "maxmemory-policy",
+            f"{policy}: when memory is full Redis silently drops jobs and "
+            "queue entries; set maxmemory-policy noeviction (see deploy/redis.conf)",
+        )
+    )
+    aof = config.get("appendonly", "?")
+    findings.append(
+        Finding("ok", "persistence", "append-only file on")
+        if aof == "yes"
+        else Finding(
+            "warning",
+            "persistence",
+            "append-only file off: a Redis restart loses every queued job; "
+            "set appendonly yes and appendfsync everysec (see deploy/redis.conf)",
+        )
+    )
+    return findings
+
+
+def warn_if_unsafe(connection: Redis, log: logging.Logger) -> None:
+    """Log a prominent warning for each setting that puts jobs at risk (called when a process starts)."""
+    try:
+        findings = check_redis(connection)
+    except Exception as exc:  # a check must never stop a worker from starting
+        log.warning("could not check the Redis settings: %s", exc)
+        return
+    for finding in findings:
+        if finding.level != "ok":
+            log.warning("*** Redis %s: %s", finding.subject, finding.message)
+
+
+def _at_least(version: str, minimum: tuple[int, int]) -> bool:
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= minimum
