@@ -5,6 +5,7 @@ The tests add this module to the catalog with TASKCTL_JOB_PACKAGES.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -141,8 +142,6 @@ def stubborn(seconds: float) -> str:
     """Work that swallows every exception, the timeout's included."""
     end = time.time() + seconds
     while time.time() < end:
-        try:
+        with contextlib.suppress(BaseException):
             time.sleep(0.05)
-        except BaseException:
-            pass
     return "done"
