@@ -54,6 +54,14 @@ class CatalogJob(rq.job.Job):
     def func_name(self, value: str) -> None:
         rq.job.Job.func_name.fset(self, value)  # type: ignore[attr-defined]
 
+    def get_meta(self, refresh: bool = True) -> dict[str, Any]:
+        # RQ's restore tolerates meta that is not JSON; its get_meta(refresh=True) does not.
+        try:
+            return dict(super().get_meta(refresh))
+        except (ValueError, TypeError):
+            self.meta = {"unreadable": "meta is not JSON: something other than taskctl wrote it"}
+            return self.meta
+
     @property
     def readable(self) -> bool:
         try:

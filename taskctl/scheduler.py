@@ -29,7 +29,7 @@ from rq_scheduler import Scheduler as RQScheduler
 
 from taskctl.connection import REDIS_DOWN_ERRORS, get_redis
 from taskctl.doctor import warn_if_unsafe
-from taskctl.exceptions import TaskctlError
+from taskctl.exceptions import TaskctlError, UnreadableJobError
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
 
@@ -46,7 +46,12 @@ class Scheduler(RQScheduler):  # type: ignore[misc]
         if not self.connection.set(claim, self.name, nx=True, ex=CLAIM_TTL):
             self.log.info("%s: run due at %d already enqueued by another scheduler", job.id, due)
             return None
-        return super().enqueue_job(job)
+        try:
+            return super().enqueue_job(job)
+        except UnreadableJobError as exc:  # planted in Redis by something else: drop it, carry on
+            self.log.error("%s: %s; removed from the schedule", job.id, exc)
+            self.cancel(job)
+            return None
 
 
 def make_scheduler(settings: Settings | None = None, connection: Redis | None = None) -> Scheduler:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
 
 from taskctl.enqueue import enqueue
-from tests.conftest import run_burst_worker, taskctl
+from tests.conftest import ROOT, fetch, run_burst_worker, taskctl
 from tests.test_failures import fields
 
 
@@ -57,3 +61,36 @@ def test_a_pickle_planted_in_job_meta_never_runs(configured: str, redis: Redis, 
 
     assert not marker.exists()
     assert status.exit_code == 0 and "Traceback" not in status.output + shown.output
+
+
+def test_the_scheduler_drops_a_planted_pickle_and_carries_on(configured: str, redis: Redis, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    planted = taskctl("enqueue", "add", "1", "2", "--in", "1h").output.split(" as ")[1].split()[0]
+    healthy = taskctl("enqueue", "add", "3", "4", "--in", "1h").output.split(" as ")[1].split()[0]
+    plant_pickle(redis, planted, "data", marker)
+    for job_id in (planted, healthy):
+        redis.zadd("rq:scheduler:scheduled_jobs", {job_id: time.time() - 1})  # due now
+
+    done = subprocess.run([sys.executable, "-m", "taskctl.scheduler", "--burst"], env=dict(os.environ), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert "unreadable job data (not JSON)" in done.stderr
+    assert redis.zscore("rq:scheduler:scheduled_jobs", planted) is None
+    assert redis.lrange("rq:queue:default", 0, -1) == [healthy.encode()]
+
+
+def test_the_dashboard_shows_planted_pickles_without_running_them(
+    web: Callable[..., str], redis: Redis, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    in_data, in_meta = enqueue("add", 1, 2), enqueue("add", 3, 4)
+    plant_pickle(redis, in_data.id, "data", marker)
+    plant_pickle(redis, in_meta.id, "meta", marker)
+    base = web()
+
+    for path in ["/0/data/jobs/default/queued/8/asc/1.json", f"/0/data/job/{in_data.id}.json",
+                 f"/0/data/job/{in_meta.id}.json", f"/0/view/job/{in_meta.id}", "/"]:  # fmt: skip
+        assert fetch(base, path)[0] == 200, path
+    assert not marker.exists()
