@@ -204,17 +204,25 @@ def test_workers_killed_mid_job_lose_nothing(
     assert sum(redis.zcard(f"rq:wip:{queue}") for queue in ("high", "default", "low")) == 0  # none started
 
 
+def one_job_running(
+    workers: Callable[..., subprocess.Popen[str]], log: Path, seconds: float
+) -> tuple[str, subprocess.Popen[str], psutil.Process]:
+    """Enqueue one `tally` job, start a worker, and return once its work-horse is running the job."""
+    [job_id] = enqueue_tallies(log, 1, seconds)
+    worker = workers()
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    horse = horse_of(worker, log)
+    assert horse is not None
+    return job_id, worker, horse
+
+
 def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
     workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
-    [job_id] = enqueue_tallies(log, 1, 8)
-    victim = workers()
-    deadline = time.monotonic() + 30
-    while not log.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    horse = horse_of(victim, log)
-    assert horse is not None
+    job_id, victim, horse = one_job_running(workers, log, seconds=8)
     victim.send_signal(signal.SIGKILL)
     horse.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -235,13 +243,7 @@ def test_a_worker_killed_alone_takes_its_work_horse_with_it(
 ) -> None:
     """Only the main process is killed: its horse must not go on running the job unsupervised."""
     log = tmp_path / "runs.log"
-    [job_id] = enqueue_tallies(log, 1, 6)
-    victim = workers()
-    deadline = time.monotonic() + 30
-    while not log.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    horse = horse_of(victim, log)
-    assert horse is not None
+    job_id, victim, _horse = one_job_running(workers, log, seconds=6)
     children = psutil.Process(victim.pid).children()  # the horse, and RQ's scheduler process if it has the lock
     victim.send_signal(signal.SIGKILL)
 
