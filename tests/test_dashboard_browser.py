@@ -146,6 +146,10 @@ def test_hostile_job_data_shows_as_text_and_never_runs(web: Callable[..., str], 
         job = JobHandle.fetch(job_id).job
         job.meta["note"] = payload
         job.save_meta()
+    for payload in PAYLOADS:  # as keyword arguments too
+        queued.append(
+            job_id_from(taskctl("enqueue", "record", f"path={payload}", f"label={payload}", "-q", "low").output)
+        )
     failed = [job_id_from(taskctl("enqueue", "fail", payload).output) for payload in PAYLOADS]
     run_burst_worker("default")
     base = web()
