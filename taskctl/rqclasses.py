@@ -54,6 +54,20 @@ class CatalogJob(rq.job.Job):
     def func_name(self, value: str) -> None:
         rq.job.Job.func_name.fset(self, value)  # type: ignore[attr-defined]
 
+    # RQ imports callbacks by the names stored in the job hash: names anyone with Redis
+    # access can write. taskctl sets none, so none is ever imported or called.
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
     def get_meta(self, refresh: bool = True) -> dict[str, Any]:
         # RQ's restore tolerates meta that is not JSON; its get_meta(refresh=True) does not.
         try:

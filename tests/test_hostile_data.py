@@ -94,3 +94,15 @@ def test_the_dashboard_shows_planted_pickles_without_running_them(
                  f"/0/data/job/{in_meta.id}.json", f"/0/view/job/{in_meta.id}", "/"]:  # fmt: skip
         assert fetch(base, path)[0] == 200, path
     assert not marker.exists()
+
+
+def test_callbacks_named_in_redis_are_never_imported(configured: str, redis: Redis) -> None:
+    ok, failing = enqueue("add", 1, 2), enqueue("fail", "x")
+    planted = "tests.testjobs.planted_callback"
+    for job in (ok, failing):
+        redis.hset(f"rq:job:{job.id}", mapping={"success_callback_name": planted, "failure_callback_name": planted})
+
+    run_burst_worker()
+
+    assert not Path(os.environ["TASKCTL_DATA_DIR"], "callback-ran").exists()
+    assert taskctl("result", ok.id).output == "3\n"

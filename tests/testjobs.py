@@ -145,3 +145,8 @@ def stubborn(seconds: float) -> str:
         with contextlib.suppress(BaseException):
             time.sleep(0.05)
     return "done"
+
+
+def planted_callback(*args: Any) -> None:
+    """Not a job: what someone with Redis access might name as a job's callback."""
+    Path(os.environ["TASKCTL_DATA_DIR"], "callback-ran").touch()
