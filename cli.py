@@ -27,7 +27,13 @@ def _invoke(invoke: Any, ctx: click.Context) -> Any:
         raise click.UsageError(str(error), ctx) from None
     except exc.TaskctlError as error:
         raise click.ClickException(str(error)) from None
-    except ConnectionError as error:  # redis-py's, raised past the package's own checks
+    except Exception as error:
+        # Redis going away after the first command of this process: redis-py's own errors.
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if not isinstance(error, (RedisConnectionError, RedisTimeoutError, ConnectionError)):
+            raise
         from taskctl.settings import get_settings
 
         raise click.ClickException(f"cannot reach Redis at {get_settings().redis_url_masked}: {error}") from None

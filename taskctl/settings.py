@@ -8,11 +8,12 @@ the scheduler and the dashboard.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taskctl.exceptions import SettingsError
@@ -48,6 +49,10 @@ class Settings:
     maintenance_interval: int = 10
     # Address space a job may use, in MiB (0: no limit): past it the job fails with MemoryError.
     job_memory_limit_mb: int = 0
+    # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and
+    # how many replicas must confirm each enqueue (Redis WAIT) before it counts as done.
+    sentinel_password: str = field(default="", repr=False)
+    replica_acks: int = 0
     # Seconds to wait for Redis to accept a connection: a CLI that hangs is worse than
     # one that fails.
     redis_connect_timeout: float = 3.0
@@ -101,17 +106,40 @@ class Settings:
     def redis_url_masked(self) -> str:
         return mask_url(self.redis_url)
 
+    @property
+    def sentinel(self) -> SentinelTarget | None:
+        return parse_sentinel_url(self.redis_url)
+
 
 def mask_url(url: str) -> str:
     """Hide the password in a URL, so that it can go into logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return re.sub(r"^([a-z+]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where Redis is when REDIS_URL is redis+sentinel://[user:password@]host:port,.../master[/db]."""
+
+    instances: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget | None:
+    match = re.fullmatch(r"(rediss?)\+sentinel://(?:([^:@/]*)(?::([^@/]*))?@)?([^/]+)/([^/?]+)(?:/(\d+))?", url)
+    if not match:
+        return None
+    scheme, user, password, hosts, master, db = match.groups()
+    instances = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise SettingsError(f"REDIS_URL: sentinel address {host!r} must be host:port")
+        instances.append((name, int(port)))
+    return SentinelTarget(tuple(instances), master, int(db or 0), user or None, password or None, scheme == "rediss")
 
 
 def _words(name: str, value: str) -> tuple[str, ...]:
@@ -171,8 +199,15 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
     if default_queue not in queues:
         raise SettingsError(f"TASKCTL_DEFAULT_QUEUE={default_queue!r} is not one of TASKCTL_QUEUES {list(queues)}")
     redis_url = env.get("REDIS_URL", defaults.redis_url)
-    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"REDIS_URL={mask_url(redis_url)!r} must start with redis://, rediss:// or unix://")
+    scheme = urlsplit(redis_url).scheme
+    if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
+        raise SettingsError(
+            f"REDIS_URL={mask_url(redis_url)!r} must start with redis://, rediss://, unix:// or redis+sentinel://"
+        )
+    if scheme.endswith("+sentinel") and parse_sentinel_url(redis_url) is None:
+        raise SettingsError(
+            f"REDIS_URL={mask_url(redis_url)!r}: expected redis+sentinel://[user:password@]host:port,.../master[/db]"
+        )
 
     timezone = env.get("TASKCTL_TIMEZONE") or _iana_zone(env.get("TZ")) or defaults.timezone
     if not _iana_zone(timezone):
@@ -202,6 +237,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         maintenance_interval=int(number("TASKCTL_MAINTENANCE_INTERVAL", defaults.maintenance_interval)),
         job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
+        sentinel_password=env.get("TASKCTL_SENTINEL_PASSWORD", ""),
+        replica_acks=int(number("TASKCTL_REPLICA_ACKS", defaults.replica_acks, minimum=0)),
         redis_connect_timeout=float(number("TASKCTL_REDIS_CONNECT_TIMEOUT", defaults.redis_connect_timeout)),
         scheduler_interval=float(number("TASKCTL_SCHEDULER_INTERVAL", defaults.scheduler_interval)),
         timezone=timezone,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -63,7 +64,8 @@ def test_up_brings_the_whole_stack_up_with_an_embedded_redis_and_ctrl_c_stops_it
         assert status == 200
         shown = json.loads(body)
         assert (shown["status"], shown["origin"]) == ("finished", "high")
-        assert shown["description"] == "send_email('user@example.com', 'Order confirmed', 'Thanks!')"
+        # HTML-escaped: the dashboard's pages insert it as markup (see README "Security").
+        assert html.unescape(shown["description"]) == "send_email('user@example.com', 'Order confirmed', 'Thanks!')"
         queues = json.loads(http_get(f"{dashboard}/0/data/queues.json")[1])["queues"]
         assert {q["name"]: q["finished_job_registry_count"] for q in queues}["high"] == 1
     finally:
