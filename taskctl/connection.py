@@ -6,31 +6,52 @@ redis-py's defaults would wait for the OS's TCP timeout instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from taskctl.exceptions import RedisUnavailableError
-from taskctl.settings import Settings, get_settings, mask_url
+from taskctl.settings import Settings, get_settings, mask_url, parse_sentinel_url
 
 #: What redis-py raises when the server is away; callers catch these.
-REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, MasterNotFoundError, ConnectionError, OSError)
 
 
-def redis_from_url(url: str, connect_timeout: float = 3.0) -> Redis:
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=connect_timeout,
+def redis_from_url(url: str, connect_timeout: float = 3.0, sentinel_password: str = "") -> Redis:
+    """A client for a redis://, rediss://, unix:// or redis+sentinel:// URL.
+
+    Through Sentinel the client asks the sentinels for the current master on every
+    new connection, so after a failover it finds the new master by itself.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout,
         # Replies come in milliseconds; 30 s only bounds a server that accepted and hung.
-        socket_timeout=30,
-        health_check_interval=30,
+        "socket_timeout": 30,
+        "health_check_interval": 30,
+    }
+    target = parse_sentinel_url(url)
+    if target is None:
+        return Redis.from_url(url, **options)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.instances),
+        sentinel_kwargs={"password": sentinel_password or None, "socket_timeout": connect_timeout},
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.ssl,
+        **options,
     )
+    master: Redis = sentinel.master_for(target.master)  # type: ignore[no-untyped-call]
+    return master
 
 
 def get_redis(settings: Settings | None = None) -> Redis:
     settings = settings or get_settings()
-    return redis_from_url(settings.redis_url, settings.redis_connect_timeout)
+    return redis_from_url(settings.redis_url, settings.redis_connect_timeout, settings.sentinel_password)
 
 
 _answered: dict[tuple[str, float], Redis] = {}

@@ -21,7 +21,7 @@ from rq.job import JOB_ID_PATTERN
 
 from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
-from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError
+from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError, RedisUnavailableError
 from taskctl.handle import JobHandle
 from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
@@ -158,12 +158,29 @@ def submit(
             depends_on=list(depends_on) if depends_on else None,
             meta=prepared.meta or None,
         )
+        confirm_replicated(connection, settings)
     except RQDuplicateJobError:
         raise DuplicateJobError(f"a job with id {prepared.job_id!r} exists already; not enqueued (unique)") from None
     except REDIS_DOWN_ERRORS as exc:
         raise unavailable(settings.redis_url, exc) from None
     assert isinstance(job, CatalogJob)
     return JobHandle(job)
+
+
+def confirm_replicated(connection: Redis, settings: Settings, timeout_ms: int = 5000) -> None:
+    """With TASKCTL_REPLICA_ACKS, an enqueue counts only once that many replicas have it.
+
+    A failover promotes a replica; what the old master had not passed on yet is lost.
+    Waiting for the replicas turns that silent loss into an error the caller sees.
+    """
+    if settings.replica_acks <= 0:
+        return
+    acked = int(connection.wait(settings.replica_acks, timeout_ms))
+    if acked < settings.replica_acks:
+        raise RedisUnavailableError(
+            f"only {acked} of {settings.replica_acks} replicas of {settings.redis_url_masked} confirmed the "
+            "enqueue; it may be lost in a failover: retry it"
+        )
 
 
 def enqueue_many(
@@ -192,6 +209,7 @@ def enqueue_many(
                     queue.enqueue_many(datas, pipeline=pipeline)
                     queue.wake(pipeline, len(datas))
                 pipeline.execute()
+            confirm_replicated(connection, settings)
             ids.extend(call.job_id or "" for call in batch)
             if progress:
                 progress(len(batch))

@@ -10,6 +10,19 @@ from __future__ import annotations
 from taskctl.settings import get_settings
 
 _settings = get_settings()
+_sentinel = _settings.sentinel
 
-REDIS_URL = _settings.redis_url
 QUEUES = list(_settings.queues)
+if _sentinel is None:
+    REDIS_URL = _settings.redis_url
+else:  # RQ reads Sentinel from a dictionary, not from a URL
+    SENTINEL = {
+        "INSTANCES": list(_sentinel.instances),
+        "MASTER_NAME": _sentinel.master,
+        "DB": _sentinel.db,
+        "USERNAME": _sentinel.username,
+        "PASSWORD": _sentinel.password,
+        "SSL": _sentinel.ssl,
+        "SOCKET_TIMEOUT": 30,
+        "SENTINEL_KWARGS": {"password": _settings.sentinel_password or None},
+    }

@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     _json_only()
     # rq-dashboard's pages ask for the app's /static (and mount theirs there too): serve its files.
     app = Flask("taskctl.web", static_folder=str(Path(rq_dashboard.__file__).parent / "static"))
-    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
+    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url  # it reads redis+sentinel:// URLs too
+    app.config["RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD"] = settings.sentinel_password or None
     app.config["TASKCTL_SETTINGS"] = settings
     app.config["TASKCTL_REDIS"] = get_redis(settings)
     # Our templates first (a navbar with a Schedules link), then rq-dashboard's own,
