@@ -332,6 +332,33 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
             return
 
 
+@main.command(name="workers")
+def list_workers() -> None:
+    """Show every live worker: host, pid, state, queues, current job, last heartbeat."""
+    from taskctl.connection import connect
+    from taskctl.stats import workers
+
+    found = workers(connect())
+    if not found:
+        click.echo("No live workers.")
+        return
+    _table(
+        ("WORKER", "HOST", "PID", "STATE", "QUEUES", "CURRENT JOB", "LAST HEARTBEAT"),
+        [
+            (
+                w.name,
+                w.hostname,
+                w.pid or "-",
+                w.state,
+                ",".join(w.queues),
+                w.current_job_id or "-",
+                _time(w.last_heartbeat),
+            )
+            for w in found
+        ],
+    )
+
+
 @main.command()
 def doctor() -> None:
     """Check Redis for what the guarantees assume: no eviction, persistence, version. Exit 1 on a problem."""
