@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from taskctl.connection import get_redis
 from taskctl.enqueue import enqueue
 from taskctl.exceptions import RedisUnavailableError
 from taskctl.stack import redis_server, redis_server_binary, stop
-from tests.conftest import ROOT, SUMMARIES, free_port, worker_command
+from tests.conftest import ROOT, SUMMARIES, fetch, free_port, start_web, worker_command
 from tests.test_faults import audit
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -83,6 +84,16 @@ def test_enqueueing_and_processing_go_on_through_a_failover_and_nothing_accepted
     try:
         time.sleep(3)
         assert all(w.poll() is None for w in workers), worker_log.read_text()[-3000:]
+        # The scheduler and the dashboard reach Redis through the sentinels too.
+        scheduler = subprocess.run([sys.executable, "-m", "taskctl.scheduler", "--burst"], env=dict(os.environ),
+                                   cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert scheduler.returncode == 0, scheduler.stderr
+        web, base = start_web()
+        try:
+            assert fetch(base, "/healthz")[0] == 200
+            assert fetch(base, "/0/data/queues.json")[0] == 200
+        finally:
+            stop(web)
         deadline = time.monotonic() + 120
         while len(accepted) < 200 and time.monotonic() < deadline:
             if len(accepted) == 60 and master.poll() is None:
