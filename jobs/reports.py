@@ -238,9 +238,16 @@ def _csv_text(report: _Report, rows_written: Callable[[int], None]) -> str:
     writer = csv.writer(out)
     writer.writerow(report.columns)
     for done, row in enumerate(report.rows, start=1):
-        writer.writerow(row)
+        writer.writerow([_cell(value) for value in row])
         rows_written(done)
     return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """Text a spreadsheet would run as a formula (=, +, -, @) is kept as text with a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _money(cents: int) -> str:

@@ -193,6 +193,14 @@ def test_a_hostile_product_name_is_escaped_in_the_page(shop: sqlite3.Connection)
     assert read_csv(result["csv"])[1][1] == EVIL_NAME  # the CSV keeps the name as it is
 
 
+def test_a_product_name_that_is_a_formula_stays_text_in_the_csv(shop: sqlite3.Connection) -> None:
+    add_product(shop, "CALC", '=HYPERLINK("http://evil.example","click")', 100, 1)
+
+    rows = read_csv(generate_report("inventory")["csv"])
+
+    assert [row[1] for row in rows if row[0] == "CALC"] == ["'=HYPERLINK(\"http://evil.example\",\"click\")"]
+
+
 def test_inventory_report_rows(shop: sqlite3.Connection) -> None:
     result = generate_report("inventory", {})
 
