@@ -198,7 +198,7 @@ def test_a_product_name_that_is_a_formula_stays_text_in_the_csv(shop: sqlite3.Co
 
     rows = read_csv(generate_report("inventory")["csv"])
 
-    assert [row[1] for row in rows if row[0] == "CALC"] == ["'=HYPERLINK(\"http://evil.example\",\"click\")"]
+    assert [row[1] for row in rows if row[0] == "CALC"] == ['\'=HYPERLINK("http://evil.example","click")']
 
 
 def test_inventory_report_rows(shop: sqlite3.Connection) -> None:
