@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -563,14 +563,10 @@ def _cut(text: str, width: int) -> str:
 
 
 def _time(moment: datetime | None) -> str:
-    """A time as people read it: in the configured zone (times from RQ are naive UTC)."""
     from taskctl.settings import get_settings
+    from taskctl.when import show_time
 
-    if moment is None:
-        return "-"
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(get_settings().tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+    return show_time(moment, get_settings().tz)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -12,6 +12,15 @@ _DELAY = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def show_time(moment: datetime | None, tz: ZoneInfo) -> str:
+    """A time as people read it, in the configured zone; naive times (RQ's) are UTC."""
+    if moment is None:
+        return "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def parse_delay(text: str) -> timedelta:
     """``90s``, ``10m``, ``1.5h``, ``2d``: a number and a unit, nothing else."""
     match = _DELAY.fullmatch(text.strip().lower())
@@ -52,8 +61,5 @@ def due_time(
     if at <= now:
         if (now - at).total_seconds() <= tolerance:
             return None
-        shown = at.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
-        raise InvalidArgumentsError(
-            f"--at {shown} is in the past (now is {now.astimezone(tz).strftime('%Y-%m-%d %H:%M:%S %Z')})"
-        )
+        raise InvalidArgumentsError(f"--at {show_time(at, tz)} is in the past (now is {show_time(now, tz)})")
     return at.astimezone(UTC)

@@ -28,6 +28,7 @@ from taskctl.rqclasses import CatalogJob
 from taskctl.settings import Settings, get_settings, mask_url
 from taskctl.web.metrics import registry_for
 from taskctl.web.security import refusal
+from taskctl.when import show_time
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -136,16 +137,12 @@ def schedules(instance_number: int) -> Response:
     settings = _settings()
     runs = scheduled_runs(make_scheduler(settings, _redis()))
     zone = settings.tz
-
-    def shown(run: Any) -> str:
-        return str(run.next_run.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"))
-
     body = render_template(
         "taskctl/schedules.html",
-        periodic=[(run, shown(run)) for run in runs if run.name],
-        delayed=[(run, shown(run)) for run in runs if not run.name],
+        periodic=[(run, show_time(run.next_run, zone)) for run in runs if run.name],
+        delayed=[(run, show_time(run.next_run, zone)) for run in runs if not run.name],
         timezone=settings.timezone,
-        now=datetime.now(UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+        now=show_time(datetime.now(UTC), zone),
         current_instance=instance_number,
         instance_list=[mask_url(settings.redis_url)],
         rq_url_prefix="/",
