@@ -401,8 +401,7 @@ def failed(ctx: click.Context, queue: str | None) -> None:
 def failed_show(job_id: str) -> None:
     """Print the whole traceback of failed job JOB_ID."""
     from taskctl.connection import connect
-    from taskctl.failures import full_error
-    from taskctl.status import fetch_job
+    from taskctl.status import fetch_job, full_error
 
     click.echo(full_error(fetch_job(job_id, connect())) or f"job {job_id} has no recorded failure")
 

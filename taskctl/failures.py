@@ -13,12 +13,11 @@ from datetime import datetime
 from redis import Redis
 from rq.exceptions import InvalidJobOperation
 from rq.job import JobStatus
-from rq.results import Result
 
 from taskctl.exceptions import InvalidQueueError, JobStateError, NoSuchJobError
 from taskctl.rqclasses import FAILED_RUNS, CatalogJob, Queue
 from taskctl.settings import Settings
-from taskctl.status import fetch_job, job_name
+from taskctl.status import fetch_job, full_error, job_name, last_line
 
 #: States from which a job can still be cancelled: it has not started.
 CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
@@ -52,14 +51,6 @@ def failed_job_ids(connection: Redis, settings: Settings, queue: str | None = No
     ]
 
 
-def full_error(job: CatalogJob) -> str:
-    """The traceback of the job's last failure, as the worker recorded it."""
-    latest = job.latest_result()
-    if latest is None or latest.type != Result.Type.FAILED or not latest.exc_string:
-        return ""
-    return str(latest.exc_string).rstrip()
-
-
 def list_failed(connection: Redis, settings: Settings, queue: str | None = None) -> list[FailedJob]:
     found = []
     for queue_name, job_id in failed_job_ids(connection, settings, queue):
@@ -67,14 +58,13 @@ def list_failed(connection: Redis, settings: Settings, queue: str | None = None)
             job = fetch_job(job_id, connection)
         except NoSuchJobError:
             continue  # expired between the registry read and the fetch
-        error = full_error(job)
         found.append(
             FailedJob(
                 id=job.id,
                 queue=queue_name,
                 name=job_name(job),
                 description=job.description or "",
-                error=error.splitlines()[-1] if error else "",
+                error=last_line(full_error(job)),
                 attempts=int(job.meta.get(FAILED_RUNS, 1)),
                 failed_at=job.ended_at,
             )

@@ -72,11 +72,8 @@ class JobReport:
 def report(job: CatalogJob) -> JobReport:
     job.refresh()  # type: ignore[no-untyped-call]  # one HGETALL: status, timestamps, meta as they are now
     status = job.get_status(refresh=False)
-    latest = job.latest_result()
-    error = None
-    if latest is not None and latest.type == Result.Type.FAILED and latest.exc_string:
-        error = latest.exc_string.strip().splitlines()[-1]
-    elif status == JobStatus.CANCELED and job.meta.get(CANCELED_BECAUSE):
+    error = last_line(full_error(job)) or None
+    if error is None and status == JobStatus.CANCELED and job.meta.get(CANCELED_BECAUSE):
         error = f"canceled: {job.meta[CANCELED_BECAUSE]}"
     return JobReport(
         id=job.id,
@@ -94,6 +91,19 @@ def report(job: CatalogJob) -> JobReport:
         progress=job.meta.get("progress") if isinstance(job.meta.get("progress"), dict) else None,
         error=error,
     )
+
+
+def full_error(job: CatalogJob) -> str:
+    """The traceback of the job's last failure, as the worker recorded it ("" when it has none)."""
+    latest = job.latest_result()
+    if latest is None or latest.type != Result.Type.FAILED or not latest.exc_string:
+        return ""
+    return str(latest.exc_string).rstrip()
+
+
+def last_line(traceback: str) -> str:
+    """The exception and its message: the line a person reads first."""
+    return traceback.strip().splitlines()[-1] if traceback.strip() else ""
 
 
 def scheduled_for(job: CatalogJob) -> datetime | None:
@@ -116,7 +126,7 @@ def result_of(job: CatalogJob) -> Any:
     if status == JobStatus.FINISHED:
         return job.return_value(refresh=True)
     if status == JobStatus.FAILED:
-        raise JobFailedError(f"job {job.id} failed: {report(job).error or 'no error recorded'}")
+        raise JobFailedError(f"job {job.id} failed: {last_line(full_error(job)) or 'no error recorded'}")
     raise NoResultError(f"job {job.id} is {status.value if status else 'in an unknown state'}; it has no result yet")
 
 
