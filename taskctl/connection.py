@@ -6,6 +6,8 @@ redis-py's defaults would wait for the OS's TCP timeout instead.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from redis import Redis
@@ -80,3 +82,22 @@ def connect(settings: Settings | None = None) -> Redis:
 
 def unavailable(url: str, exc: BaseException) -> RedisUnavailableError:
     return RedisUnavailableError(f"cannot reach Redis at {mask_url(url)}: {exc}")
+
+
+def wait_until_answers(client: Redis, log: logging.Logger, url: str) -> None:
+    """Block until Redis answers a PING again, retrying with backoff (0.5 s doubling to 10 s).
+
+    For long-running processes (workers, the scheduler): they outlive an outage
+    instead of exiting, and carry on once Redis (or a new Sentinel master) is back.
+    """
+    delay = 0.5
+    while True:
+        try:
+            client.ping()
+        except REDIS_DOWN_ERRORS as exc:
+            log.error("cannot reach Redis at %s: %s; retrying in %gs", mask_url(url), exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+        else:
+            log.info("Redis at %s answers again", mask_url(url))
+            return

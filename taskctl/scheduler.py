@@ -27,7 +27,7 @@ from typing import Any
 from redis import Redis
 from rq_scheduler import Scheduler as RQScheduler
 
-from taskctl.connection import REDIS_DOWN_ERRORS, get_redis
+from taskctl.connection import REDIS_DOWN_ERRORS, get_redis, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
 from taskctl.exceptions import TaskctlError, UnreadableJobError
 from taskctl.rqclasses import CatalogJob, Queue
@@ -100,11 +100,11 @@ def _run(settings: Settings, burst: bool) -> int:
     """Sync, then run; when Redis goes away, wait for it and start again (a burst run just fails)."""
     from taskctl.schedules import sync
 
-    delay = 0.5
+    log = logging.getLogger("taskctl.scheduler")
     while True:
         try:
             scheduler = make_scheduler(settings)
-            warn_if_unsafe(scheduler.connection, logging.getLogger("taskctl.scheduler"))
+            warn_if_unsafe(scheduler.connection, log)
             plan = sync(scheduler, settings)
             logging.info("schedules from %s: %s", settings.schedules_file, plan.summary())
             logging.info(
@@ -119,9 +119,7 @@ def _run(settings: Settings, burst: bool) -> int:
             logging.error("cannot reach Redis at %s: %s", settings.redis_url_masked, exc)
             if burst:
                 return 1
-            logging.info("retrying in %gs", delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
+            wait_until_answers(get_redis(settings), log, settings.redis_url)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import resource
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,7 +38,7 @@ from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TAS
 from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
-from taskctl.connection import REDIS_DOWN_ERRORS
+from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
 from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, CatalogJob, Queue, cancel_dependents
 from taskctl.settings import get_settings
@@ -170,18 +169,7 @@ class Worker(rq.Worker):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(self._horse_pid, 0)
                 self._horse_pid = 0
-            self.wait_for_redis()
-
-    def wait_for_redis(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                self.connection.ping()
-                self.log.info("Worker %s: Redis is back", self.name)
-                return
-            except REDIS_DOWN_ERRORS:
-                time.sleep(delay)
-                delay = min(delay * 2, 10)
+            wait_until_answers(self.connection, self.log, get_settings().redis_url)
 
     def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
         # RQ calls this with the job's exception just before it decides on a retry:

@@ -309,7 +309,8 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
     try:
         ids = enqueue_tallies(log, 300 * soak, 0.05)
         delayed = taskctl("enqueue", "add", "1", "2", "--in", "40s").output.split(" as ")[1].split()[0]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        output = open(tmp_path / "processes.log", "wb")  # noqa: SIM115  (closed with the processes)
+        quiet = {"stdout": output, "stderr": subprocess.STDOUT}
         for _ in range(2):
             processes.append(subprocess.Popen(worker_command(), env=env, cwd=ROOT, **quiet))  # type: ignore[call-overload]
         scheduler_env = dict(env, TASKCTL_SCHEDULER_INTERVAL="0.5")
@@ -343,7 +344,8 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
         assert (result.lost, result.stuck) == ([], [])
         assert result.finished == result.accepted
         assert scheduled_ran == "finished"  # the scheduler reconnected and enqueued it, a worker ran it
-        assert len(alive) == len(processes)  # workers, scheduler and web all carried on
+        # workers, scheduler and web all carried on
+        assert len(alive) == len(processes), (tmp_path / "processes.log").read_text()[-4000:]
     finally:
         for process in processes:
             stop(process, timeout=5)
