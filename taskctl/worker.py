@@ -28,7 +28,7 @@ import resource
 import signal
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import rq
@@ -170,6 +170,30 @@ class Worker(rq.Worker):
                     os.waitpid(self._horse_pid, 0)
                 self._horse_pid = 0
             wait_until_answers(self.connection, self.log, get_settings().redis_url)
+
+    # RQ's work loop also talks to Redis outside its own outage handling (the
+    # suspension check and maintenance at the top of the loop, a heartbeat after
+    # each job); an outage there made the worker quit. These wait for Redis instead.
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._through_outages(super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._through_outages(super().run_maintenance_tasks)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:  # the caller's pipeline: its caller handles the outage
+            super().heartbeat(timeout, pipeline=pipeline)
+        else:
+            self._through_outages(super().heartbeat, timeout)
+
+    def _through_outages(self, call: Callable[..., Any], *args: Any) -> None:
+        while True:
+            try:
+                call(*args)
+                return
+            except REDIS_DOWN_ERRORS:
+                wait_until_answers(self.connection, self.log, get_settings().redis_url)
 
     def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
         # RQ calls this with the job's exception just before it decides on a retry:
