@@ -15,7 +15,9 @@ from typing import Any
 
 import rq
 from redis import Redis
+from redis.commands.core import Script
 from rq.exceptions import DequeueTimeout, DeserializationError
+from rq.intermediate_queue import IntermediateQueue
 from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
@@ -27,6 +29,8 @@ NOT_RETRIED = (PermanentError, JobNotAllowedError, UnreadableJobError)
 FAILED_RUNS = "failed_runs"
 #: Job meta key of a chord's callback: the group members whose results it receives first.
 CHORD_SOURCES = "chord_sources"
+#: Why a job whose data is not JSON is refused, wherever that is found.
+UNREADABLE_DATA = "unreadable job data (not JSON): something other than taskctl wrote this job; it is never run"
 #: Job meta key saying why a job was canceled by taskctl (a step before it failed).
 CANCELED_BECAUSE = "canceled_because"
 
@@ -46,9 +50,7 @@ class CatalogJob(rq.job.Job):
         try:
             return str(super().func_name)
         except DeserializationError:
-            raise UnreadableJobError(
-                "unreadable job data (not JSON): something other than taskctl wrote this job; it is never run"
-            ) from None
+            raise UnreadableJobError(UNREADABLE_DATA) from None
 
     @func_name.setter
     def func_name(self, value: str) -> None:
@@ -119,6 +121,21 @@ MAINTENANCE_LOCK_SECONDS = 60
 IDLE_POLL_SECONDS = 1
 
 
+def wakeup_key(queue_key: str) -> str:
+    return f"{queue_key}:wakeup"
+
+
+_claim_script: Script | None = None
+
+
+def _claim(connection: Redis) -> Script:
+    """The claim script, registered once per process (redis-py loads it on the server when missing)."""
+    global _claim_script
+    if _claim_script is None:
+        _claim_script = connection.register_script(CLAIM_SCRIPT)
+    return _claim_script
+
+
 class Queue(rq.Queue):
     job_class = CatalogJob
     #: Bulk enqueue turns this off and wakes workers once per batch instead of once per job.
@@ -136,7 +153,7 @@ class Queue(rq.Queue):
 
     @property
     def wakeup_key(self) -> str:
-        return f"{self.key}:wakeup"
+        return wakeup_key(self.key)
 
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
         if not self.wake_on_push:
@@ -172,20 +189,19 @@ class Queue(rq.Queue):
         worker claims atomically (a Lua LMOVE over the queues in order), and an
         idle worker blocks on per-queue wake-up tokens instead of on the jobs.
         """
-        queues = list(queues)
         keys = [queue.key for queue in queues]
-        claim = connection.register_script(CLAIM_SCRIPT)
+        wakeup_keys = [wakeup_key(key) for key in keys]
         waited = 0.0
         while True:
-            claimed = claim(keys=keys)
+            claimed = _claim(connection)(keys=keys, client=connection)
             if claimed:
                 queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in claimed)
                 fetched = cls._fetch_dequeued_job(
                     connection, queue_key, job_id, job_class=job_class, serializer=serializer,
                     death_penalty_class=death_penalty_class,
                 )  # fmt: skip
-                if fetched is None:
-                    connection.lrem(queue_key + ":intermediate", 1, job_id)  # the job hash is gone
+                if fetched is None:  # the job hash is gone
+                    connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
                     continue
                 return fetched
             if timeout is None:
@@ -193,7 +209,7 @@ class Queue(rq.Queue):
             wait = min(IDLE_POLL_SECONDS, max(timeout - waited, 0))
             if wait <= 0:
                 raise DequeueTimeout(timeout, keys)
-            connection.blpop([key + ":wakeup" for key in keys], wait)
+            connection.blpop(wakeup_keys, wait)
             waited += wait
 
 

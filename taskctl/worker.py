@@ -40,7 +40,7 @@ from rq.serializers import JSONSerializer
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
-from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, CatalogJob, Queue, cancel_dependents
+from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, UNREADABLE_DATA, CatalogJob, Queue, cancel_dependents
 from taskctl.settings import get_settings
 
 PR_SET_PDEATHSIG = 1
@@ -207,10 +207,7 @@ class Worker(rq.Worker):
     def handle_job_failure(self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
         if isinstance(job, CatalogJob) and not job.readable:
             job.retries_left = 0  # data that is not JSON will not become JSON on a retry
-            kwargs["exc_string"] = (
-                "taskctl.exceptions.UnreadableJobError: unreadable job data (not JSON): "
-                "something other than taskctl wrote this job; it was never run"
-            )
+            kwargs["exc_string"] = f"taskctl.exceptions.UnreadableJobError: {UNREADABLE_DATA}"
         super().handle_job_failure(job, queue, *args, **kwargs)
         if job.get_status(refresh=True) == rq.job.JobStatus.FAILED:
             cancel_dependents(job, f"{job.description or job.id} failed")

@@ -140,14 +140,15 @@ def group(*members: Call, connection: Redis | None = None, settings: Settings | 
 def chord(
     members: Sequence[Call], callback: Call, connection: Redis | None = None, settings: Settings | None = None
 ) -> ChordHandle:
-    """Enqueue a group, then ``callback(results, *args, **kwargs)`` once every member has finished."""
+    """Enqueue a group, then ``callback(results, *args, **kwargs)`` once every member has finished.
+
+    The callback is checked first; ``group`` checks every member before it enqueues any.
+    """
     settings = settings or get_settings()
     # The callback's first parameter receives the results: check the rest of the call with a stand-in.
     checked = prepare(callback.job, [[], *callback.args], callback.kwargs, queue=callback.queue, settings=settings)
-    for member in members:
-        member.prepare(settings)
-    connection = connection or connect(settings)
     handle = group(*members, connection=connection, settings=settings)
+    connection = connection or connect(settings)
     ids = [m.id for m in handle.members]
     final = replace(checked, args=list(callback.args), meta={CHORD_SOURCES: ids})
     try:
