@@ -209,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     url = f"redis://127.0.0.1:{port}/0"
-    env = dict(os.environ, REDIS_URL=url, BENCH_REDIS_URL=url, TASKCTL_JOB_PACKAGES="jobs,bench.jobs",
+    env = dict(os.environ, REDIS_URL=url, TASKCTL_JOB_PACKAGES="jobs,bench.jobs",
                PYTHONPATH=str(ROOT), TASKCTL_RETRIES="0")  # fmt: skip
-    os.environ.update({k: env[k] for k in ("REDIS_URL", "BENCH_REDIS_URL", "TASKCTL_JOB_PACKAGES", "TASKCTL_RETRIES")})
+    os.environ.update({k: env[k] for k in ("REDIS_URL", "TASKCTL_JOB_PACKAGES", "TASKCTL_RETRIES")})
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory() as data, redis_server(port, Path(data)):
         redis_version = Redis.from_url(url).info("server")["redis_version"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 
 from bench import jobs
+from taskctl.settings import get_settings
 
-app = Celery("bench", broker=os.environ["BENCH_REDIS_URL"], backend=os.environ["BENCH_REDIS_URL"])
+# The same Redis as every other system in the run: taskctl's REDIS_URL, set by the bench.
+_redis_url = get_settings().redis_url
+app = Celery("bench", broker=_redis_url, backend=_redis_url)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
