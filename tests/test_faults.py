@@ -309,13 +309,18 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
     try:
         ids = enqueue_tallies(log, 300 * soak, 0.05)
         delayed = taskctl("enqueue", "add", "1", "2", "--in", "40s").output.split(" as ")[1].split()[0]
-        output = open(tmp_path / "processes.log", "wb")  # noqa: SIM115  (closed with the processes)
-        quiet = {"stdout": output, "stderr": subprocess.STDOUT}
-        for _ in range(2):
-            processes.append(subprocess.Popen(worker_command(), env=env, cwd=ROOT, **quiet))  # type: ignore[call-overload]
+        logs = [tmp_path / f"process-{n}.log" for n in range(3)]
+        for number in range(2):
+            with open(logs[number], "wb") as out:
+                processes.append(
+                    subprocess.Popen(worker_command(), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                )
         scheduler_env = dict(env, TASKCTL_SCHEDULER_INTERVAL="0.5")
         scheduler = [sys.executable, "-m", "taskctl.scheduler"]
-        processes.append(subprocess.Popen(scheduler, cwd=tmp_path, env=scheduler_env, **quiet))  # type: ignore[call-overload]
+        with open(logs[2], "wb") as out:
+            processes.append(
+                subprocess.Popen(scheduler, cwd=tmp_path, env=scheduler_env, stdout=out, stderr=subprocess.STDOUT)
+            )
         web, base = start_web()
         processes.append(web)
         time.sleep(2.5)  # past the fsync window of what was enqueued so far; the workers are busy
@@ -345,7 +350,8 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
         assert result.finished == result.accepted
         assert scheduled_ran == "finished"  # the scheduler reconnected and enqueued it, a worker ran it
         # workers, scheduler and web all carried on
-        assert len(alive) == len(processes), (tmp_path / "processes.log").read_text()[-4000:]
+        dead = [(p.args, logs[n].read_text()[-3000:]) for n, p in enumerate(processes[:3]) if p.poll() is not None]
+        assert len(alive) == len(processes), dead
     finally:
         for process in processes:
             stop(process, timeout=5)
