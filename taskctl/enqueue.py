@@ -8,16 +8,22 @@ refused call leaves nothing behind.
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
+from uuid import uuid4
 
 from redis import Redis
+from redis.client import Pipeline
+from redis.commands.core import Script
 from rq import Retry
 from rq.exceptions import DuplicateJobError as RQDuplicateJobError
-from rq.job import JOB_ID_PATTERN
+from rq.job import JOB_ID_PATTERN, Job
 
 from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
@@ -190,46 +196,153 @@ def enqueue_many(
     batch_size: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Enqueue prepared calls in pipelined batches: one round trip per batch instead of two per job.
+    """Enqueue prepared calls in batches, one transaction each: the jobs RQ's ``Queue.enqueue_many`` would write.
 
-    The calls are checked already (see :func:`prepare`); a delay, a dependency or
+    Building each job with RQ costs more than storing it, and most of a job's
+    hash is the same for every call of a job: see :func:`_save_jobs`. The calls
+    are checked already (see :func:`prepare`); a delay, a dependency or
     ``unique`` is not batched here. Returns the job ids, in order; ``progress``
     is told how many were enqueued after each batch.
     """
     settings = settings or get_settings()
     connection = connection or connect(settings)
     ids: list[str] = []
+
+    def written(write: Future[None], batch_ids: list[str]) -> None:
+        write.result()  # the write's error, if any, is raised here
+        confirm_replicated(connection, settings)
+        ids.extend(batch_ids)
+        if progress:
+            progress(len(batch_ids))
+
     try:
-        for batch in _batches(iter(calls), batch_size):
-            with connection.pipeline() as pipeline:
-                for name in sorted({call.queue for call in batch}):
-                    queue = Queue(name, connection=connection)
-                    queue.wake_on_push = False
-                    datas = [rq_data(call, settings) for call in batch if call.queue == name]
-                    queue.enqueue_many(datas, pipeline=pipeline)
-                    queue.wake(pipeline, len(datas))
-                pipeline.execute()
-            confirm_replicated(connection, settings)
-            ids.extend(call.job_id or "" for call in batch)
-            if progress:
-                progress(len(batch))
+        # A thread waits for Redis to store one batch while this one builds the next.
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending: tuple[Future[None], list[str]] | None = None
+            for batch in _batches(iter(calls), batch_size):
+                batch_ids = [call.job_id or str(uuid4()) for call in batch]
+                pipeline = _batch_pipeline(connection, batch, batch_ids, settings)
+                if pending:
+                    written(*pending)
+                pending = writer.submit(_execute, pipeline), batch_ids
+            if pending:
+                written(*pending)
     except REDIS_DOWN_ERRORS as exc:
         raise unavailable(settings.redis_url, exc) from None
     return ids
 
 
+def _batch_pipeline(connection: Redis, batch: list[Prepared], batch_ids: list[str], settings: Settings) -> Pipeline:
+    """One transaction with a batch's jobs, as RQ's enqueue_many writes them, and one push per queue."""
+    pipeline = connection.pipeline()
+    for name in sorted({call.queue for call in batch}):
+        queue = Queue(name, connection=connection)
+        mine = [(job_id, call) for job_id, call in zip(batch_ids, batch, strict=True) if call.queue == name]
+        shapes: dict[tuple[Any, ...], list[tuple[str, Prepared]]] = {}
+        for job_id, call in mine:
+            shapes.setdefault(_shape(call), []).append((job_id, call))
+        for members in shapes.values():
+            _save_jobs(queue, members, settings, pipeline)
+        pipeline.sadd(queue.redis_queues_keys, queue.key)
+        pipeline.rpush(queue.key, *(job_id for job_id, _ in mine))
+        queue.wake(pipeline, len(mine))
+    return pipeline
+
+
+def _execute(pipeline: Pipeline) -> None:
+    with pipeline:
+        pipeline.execute()
+
+
 def _batches(calls: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
     while batch := list(islice(calls, size)):
+        given: set[str] = set()
         for call in batch:
             if call.due is not None or call.unique:
                 raise InvalidArgumentsError("bulk enqueue takes neither delays nor unique jobs")
-        yield [with_id(c) for c in batch]
+            if call.job_id is not None:
+                # As RQ's enqueue_many: the second would overwrite the first.
+                if call.job_id in given:
+                    raise ValueError(f"Job ID '{call.job_id}' appears more than once in enqueue_many()")
+                given.add(call.job_id)
+        yield batch
+
+
+#: Sets the fields of many job hashes; those all the jobs share are sent once, not once per job.
+#: KEYS: the job hashes. ARGV: n, then n items (the shared field/value pairs), m, then the m names
+#: of the fields each job has its own value of, then those m values for each job, in KEYS order.
+SAVE_JOBS_SCRIPT = """
+local shared = tonumber(ARGV[1])
+local own = tonumber(ARGV[shared + 2])
+local fields = {}
+for i = 1, shared do fields[i] = ARGV[i + 1] end
+for j = 1, own do fields[shared + 2 * j - 1] = ARGV[shared + 2 + j] end
+local at = shared + 2 + own
+for _, key in ipairs(KEYS) do
+    for j = 1, own do fields[shared + 2 * j] = ARGV[at + j] end
+    at = at + own
+    redis.call('HSET', key, unpack(fields))
+end
+return #KEYS
+"""
+_save_jobs_script: Script | None = None
+#: Redis 6.2 takes at most 1M arguments per command, and blocks other clients while a script runs.
+JOBS_PER_SCRIPT = 1000
+
+
+def _shape(call: Prepared) -> tuple[Any, ...]:
+    """Whatever decides a job's hash besides its own fields (see :func:`_own_fields`): calls alike share a template."""
+    retry = call.retry and (call.retry.max, call.retry.enqueue_at_front)
+    return call.entry.func, call.timeout, retry, json.dumps(call.meta) if call.meta else ""
+
+
+def _own_fields(job: Job, call: Prepared) -> dict[str, Any]:
+    """The fields of a call's job hash that differ between calls of one shape, as RQ's ``Job.to_dict`` has them."""
+    job.args, job.kwargs = call.args, call.kwargs  # RQ builds the job's data from these
+    own = {"data": zlib.compress(job.data), "description": call.description}
+    if call.retry is not None:
+        own["retry_intervals"] = json.dumps(call.retry.intervals)  # drawn anew for each call
+    return own
+
+
+def _save_jobs(queue: Queue, members: list[tuple[str, Prepared]], settings: Settings, pipeline: Pipeline) -> None:
+    """Queue the writes of the hashes of calls of one shape, as ``Queue.enqueue_many`` would write them.
+
+    RQ stays the authority on the hash: it builds the first call's job, the
+    way its enqueue_many does, and every field but the calls' own comes from
+    that job (so the jobs of a batch share their created_at and enqueued_at).
+    """
+    global _save_jobs_script
+    first = members[0][1]
+    job = queue.create_job(
+        first.entry.func,
+        args=first.args,
+        kwargs=first.kwargs,
+        timeout=first.timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        description=first.description,
+        meta=first.meta or None,
+        retry=first.retry,
+    )
+    queue._prepare_for_queue(job)
+    template = job.to_dict()
+    names = list(_own_fields(job, first))
+    shared = [item for name, value in template.items() if name not in names for item in (name, value)]
+    if _save_jobs_script is None:
+        _save_jobs_script = queue.connection.register_script(SAVE_JOBS_SCRIPT)
+    for start in range(0, len(members), JOBS_PER_SCRIPT):
+        chunk = members[start : start + JOBS_PER_SCRIPT]
+        values = [value for _, call in chunk for value in _own_fields(job, call).values()]
+        _save_jobs_script(
+            keys=[CatalogJob.key_for(job_id) for job_id, _ in chunk],
+            args=[len(shared), *shared, len(names), *names, *values],
+            client=pipeline,
+        )
 
 
 def with_id(call: Prepared) -> Prepared:
     """Give the call its id now, so that jobs can be matched to calls (and returned in their order)."""
-    from uuid import uuid4
-
     return call if call.job_id else replace(call, job_id=str(uuid4()))
 
 

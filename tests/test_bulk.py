@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +15,9 @@ from rq.serializers import JSONSerializer
 
 import cli
 from taskctl.bulk import read_calls
-from taskctl.enqueue import enqueue_many
+from taskctl.enqueue import Prepared, enqueue_many, prepare
+from taskctl.rqclasses import Queue
+from taskctl.settings import get_settings
 from tests.conftest import run_burst_worker, taskctl
 
 
@@ -110,3 +114,83 @@ def test_the_bulk_api_returns_ids_in_order_in_batches(configured: str, redis: Re
 
     assert bad == [] and seen == [10, 10, 5]
     assert [i.decode() for i in redis.lrange("rq:queue:default", 0, -1)] == ids
+
+
+def keyspace(redis: Redis, job_ids: list[str]) -> dict[bytes, Any]:
+    """Every key with its type, expiry and content; job ids as their position, job timestamps left out."""
+
+    def plain(value: bytes) -> bytes:
+        for position, job_id in enumerate(job_ids):
+            value = value.replace(job_id.encode(), b"<job %d>" % position)
+        return value
+
+    found: dict[bytes, Any] = {}
+    for key in redis.scan_iter():
+        kind = redis.type(key)
+        if kind == b"hash":
+            skipped = {b"created_at", b"enqueued_at"}
+            content: Any = {field: plain(value) for field, value in redis.hgetall(key).items() if field not in skipped}
+        elif kind == b"list":
+            content = [plain(value) for value in redis.lrange(key, 0, -1)]
+        else:
+            assert kind == b"set", f"{key!r} is a {kind!r}: compare it too"
+            content = {plain(value) for value in redis.smembers(key)}
+        found[plain(key)] = (kind, redis.ttl(key), content)
+    return found
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # the job's declaration and the settings: 3 retries, jittered waits drawn for each call
+        {"queue": "low", "job_timeout": 30, "retries": 0},
+        {"retries": 2, "backoff": 5, "meta": {"source": "import", "batch": 7}},
+    ],
+)
+def test_bulk_jobs_are_stored_exactly_as_rqs_own_enqueue_stores_them(
+    configured: str, redis: Redis, options: dict[str, Any]
+) -> None:
+    meta = options.pop("meta", {})
+    calls = [replace(prepare("add", [i], {"b": i * 10}, **options), meta=meta) for i in range(3)]
+
+    bulk = keyspace(redis, enqueue_many(calls, redis))
+    redis.flushdb()
+    settings = get_settings()
+    by_rq = [
+        Queue(call.queue, connection=redis).enqueue_call(
+            call.entry.func, args=call.args, kwargs=call.kwargs, timeout=call.timeout,
+            result_ttl=settings.result_ttl, failure_ttl=settings.failure_ttl, description=call.description,
+            retry=call.retry, meta=call.meta or None,
+        ).id
+        for call in calls
+    ]  # fmt: skip
+
+    assert bulk == keyspace(redis, by_rq)
+    job = bulk[b"rq:job:<job 2>"][2]
+    assert (job[b"description"], job[b"status"]) == (b"add(2, b=20)", b"queued")
+    assert job.get(b"meta") == (json.dumps(meta).encode() if meta else None)
+    assert (b"retry_intervals" in job) == (options.get("retries") != 0)
+
+
+def test_bulk_jobs_of_several_queues_and_shapes_run_on_a_worker(configured: str, redis: Redis) -> None:
+    calls: list[Prepared] = [
+        prepare("add", [1, 2]),
+        prepare("add", [], {"a": 3, "b": 4}, queue="low", retries=0),
+        prepare("add", [5, 6], job_id="chosen-id"),
+        prepare("typed", [1, 0.5, True, ["x"], {"k": "v"}], {"note": "é"}),
+        prepare("add", [7, 8], queue="low", job_timeout=5),
+    ]
+    seen: list[int] = []
+
+    ids = enqueue_many(calls, redis, batch_size=2, progress=seen.append)
+
+    assert seen == [2, 2, 1] and ids[2] == "chosen-id" and len(set(ids)) == 5
+    run_burst_worker()
+    jobs = [Job.fetch(job_id, connection=redis, serializer=JSONSerializer) for job_id in ids]
+    assert [job.get_status() for job in jobs] == ["finished"] * 5
+    assert [job.return_value() for job in jobs] == [
+        3, 7, 11, {"count": 1, "ratio": 0.5, "enabled": True, "tags": ["x"], "options": {"k": "v"}, "mode": "fast",
+                   "note": "é"}, 15,
+    ]  # fmt: skip
+    assert [job.origin for job in jobs] == ["default", "low", "default", "low", "low"]
+    assert "status:        finished" in taskctl("status", ids[1]).output
