@@ -38,8 +38,8 @@ WORKERS = 2
 def worker_command(system: str, url: str) -> list[str]:
     rq = [str(BIN / "rq"), "worker", "-u", url, "--logging_level", "WARNING"]
     return {
-        "taskctl": [str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker",
-                    "--logging_level", "WARNING", "default"],
+        "taskctl": [str(BIN / "rq"), "worker-pool", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker",
+                    "-n", str(WORKERS), "--logging-level", "WARNING", "default"],
         "rq worker": [*rq, "default"],
         "rq SimpleWorker": [*rq, "-w", "rq.SimpleWorker", "default"],
         "celery prefork": [str(BIN / "celery"), "-A", "bench.celery_app", "worker", "-c", str(WORKERS),
@@ -50,11 +50,12 @@ def worker_command(system: str, url: str) -> list[str]:
 
 @contextmanager
 def workers(system: str, url: str, env: dict[str, str]) -> Iterator[list[psutil.Process]]:
-    count = 1 if system == "celery prefork" else WORKERS  # celery: one parent, WORKERS children
+    # Celery and `rq worker-pool` (taskctl's): one parent, WORKERS children.
+    count = 1 if system in ("celery prefork", "taskctl") else WORKERS
     command = worker_command(system, url)
     quiet = subprocess.DEVNULL
     processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=quiet, stderr=quiet) for _ in range(count)]
-    time.sleep(3 if system == "celery prefork" else 1.5)  # ready and idle
+    time.sleep(1.5 if count == WORKERS else 3)  # ready and idle
     try:
         yield [psutil.Process(p.pid) for p in processes]
     finally:
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         port = int(sock.getsockname()[1])
     url = f"redis://127.0.0.1:{port}/0"
     env = dict(os.environ, REDIS_URL=url, TASKCTL_JOB_PACKAGES="jobs,bench.jobs",
-               PYTHONPATH=str(ROOT), TASKCTL_RETRIES="0")  # fmt: skip
-    os.environ.update({k: env[k] for k in ("REDIS_URL", "TASKCTL_JOB_PACKAGES", "TASKCTL_RETRIES")})
+               PYTHONPATH=str(ROOT))  # fmt: skip
+    os.environ.update({k: env[k] for k in ("REDIS_URL", "TASKCTL_JOB_PACKAGES")})
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory() as data, redis_server(port, Path(data)):
         redis_version = Redis.from_url(url).info("server")["redis_version"]

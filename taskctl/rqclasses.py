@@ -105,11 +105,12 @@ class CatalogJob(rq.job.Job):
 
 #: Take the first job of the first non-empty queue, moving it into that queue's
 #: intermediate list in the same step: a worker killed right after this has lost
-#: nothing, RQ's intermediate-queue cleanup gives the job back.
+#: nothing, RQ's intermediate-queue cleanup gives the job back. The job's hash
+#: comes back with it, which saves the worker a round trip per job.
 CLAIM_SCRIPT = """
 for _, key in ipairs(KEYS) do
     local job_id = redis.call('LMOVE', key, key .. ':intermediate', 'LEFT', 'RIGHT')
-    if job_id then return {key, job_id} end
+    if job_id then return {key, job_id, redis.call('HGETALL', ARGV[1] .. job_id)} end
 end
 return false
 """
@@ -193,17 +194,16 @@ class Queue(rq.Queue):
         wakeup_keys = [wakeup_key(key) for key in keys]
         waited = 0.0
         while True:
-            claimed = _claim(connection)(keys=keys, client=connection)
+            claimed = _claim(connection)(keys=keys, args=[CatalogJob.redis_job_namespace_prefix], client=connection)
             if claimed:
-                queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in claimed)
-                fetched = cls._fetch_dequeued_job(
-                    connection, queue_key, job_id, job_class=job_class, serializer=serializer,
-                    death_penalty_class=death_penalty_class,
-                )  # fmt: skip
-                if fetched is None:  # the job hash is gone
+                queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in claimed[:2])
+                if not claimed[2]:  # the job hash is gone
                     connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
                     continue
-                return fetched
+                job = CatalogJob(job_id, connection=connection)
+                job.restore(dict(zip(claimed[2][::2], claimed[2][1::2], strict=True)))
+                queue = cls.from_queue_key(queue_key, connection=connection, death_penalty_class=death_penalty_class)
+                return job, queue
             if timeout is None:
                 return None
             wait = min(IDLE_POLL_SECONDS, max(timeout - waited, 0))

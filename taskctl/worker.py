@@ -1,18 +1,30 @@
-"""The worker: RQ's forking worker, configured so that accepted jobs are not lost.
+"""The workers: RQ's, configured so that accepted jobs are not lost.
 
-Run it with the stock command: ``rq worker -c taskctl.rqconfig -w taskctl.worker.Worker``.
-What it adds to ``rq.Worker``, each for a failure seen in practice:
+Run them with the stock commands, ``rq worker-pool -c taskctl.rqconfig -w
+taskctl.worker.Worker -n N`` (the Procfile's) or ``rq worker ... -w
+taskctl.worker.Worker``. Two classes:
+
+- ``Worker`` (the default) runs jobs in its own process, as Celery's prefork
+  children do: no fork per job, so it is four to six times faster than RQ's
+  forking worker. A monitor thread keeps the job's heartbeat and ends the process
+  (after recording the failure) when a job ignores its timeout; ``rq worker-pool``
+  replaces a worker process that died.
+- ``ForkingWorker`` forks a work-horse per job, as stock ``rq worker`` does: a job
+  that segfaults or is killed fails alone, with its exit signal as the reason,
+  and the worker carries on. Choose it for native code that may crash.
+
+What both add to RQ's workers, each for a failure seen in practice:
 
 - taskctl's job and queue classes whatever the command line says (JSON only,
   catalog functions only, a dequeue with no loss window);
-- a work-horse (and a scheduler process) that dies with its worker
-  (``PR_SET_PDEATHSIG``): a worker killed mid-job no longer leaves an orphan running
-  the job while it is recovered and run again elsewhere;
 - heartbeats every few seconds and a short grace, and maintenance every few
   seconds, so a job whose worker died is retried or failed within a bounded time
   (about 30 s with the defaults; RQ's took about 815 s);
-- it survives Redis going away in the middle of a job: it waits for Redis to come
-  back and carries on, where RQ's worker exits;
+- processes that die with their parent (``PR_SET_PDEATHSIG``): a work-horse, a
+  scheduler, a pool's worker never run on as orphans after the process that
+  supervises them was killed;
+- they survive Redis going away, even in the middle of a job: they wait for Redis
+  to come back and carry on, where RQ's worker exits;
 - an optional memory limit per job, so a job that exhausts memory fails with
   MemoryError instead of taking the host down;
 - retry accounting, permanent errors that spend no retry, and chains whose later
@@ -23,19 +35,24 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
+import re
 import resource
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import rq
 import rq.scheduler
+import rq.utils
 import rq.worker.base
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
@@ -44,8 +61,12 @@ from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, UNREADABLE_DATA, Catalog
 from taskctl.settings import get_settings
 
 PR_SET_PDEATHSIG = 1
-#: Seconds past its timeout before a job that swallowed the timeout is ended with its work-horse.
+#: How `rq worker-pool` names its workers (random hex); taskctl names them after host and pid.
+_POOL_NAME = re.compile(r"[0-9a-f]{32}")
+#: Seconds past its timeout before a job that swallowed the timeout is ended with the process running it.
 HORSE_TIMEOUT_GRACE = 3
+#: Seconds by which the worker's key must outlive the longest idle wait for a heartbeat to be skipped.
+HEARTBEAT_MARGIN = 5
 
 
 try:
@@ -66,7 +87,7 @@ def _overran(job_id: str, timeout: int) -> None:
     os._exit(TIMEOUT_EXIT_CODE)
 
 
-#: The work-horse's exit code when the watchdog ended it.
+#: The exit code of a process the watchdog ended (a work-horse, or an in-process worker).
 TIMEOUT_EXIT_CODE = 124
 
 
@@ -82,11 +103,34 @@ class OwnedScheduler(rq.scheduler.RQScheduler):
         super().work()  # type: ignore[no-untyped-call]
 
 
-# RQ names its scheduler class in the worker module and offers no setting for it.
-rq.worker.base.RQScheduler = OwnedScheduler  # type: ignore[attr-defined]
+class ThreadScheduler(rq.scheduler.RQScheduler):
+    """RQ's scheduler (``--with-scheduler``) as a thread of an in-process worker.
+
+    A process of its own costs as much memory as the worker (a third of a
+    two-worker pool); a thread costs next to nothing, and dies with its worker.
+    A worker that forks work-horses keeps the process: forking beside a running
+    thread could copy a lock that thread holds into the work-horse.
+    """
+
+    def start(self) -> threading.Thread:
+        self._status = self.Status.STARTED
+        thread = threading.Thread(target=rq.scheduler.run, args=(self,), name="rq-scheduler", daemon=True)
+        self._process = thread  # type: ignore[assignment]  # RQ's worker checks is_alive() to restart it
+        thread.start()
+        return thread
+
+    def _install_signal_handlers(self) -> None:
+        """The worker's signals are the worker's; it stops this thread with ``request_stop``."""
 
 
-class Worker(rq.Worker):
+def _use_scheduler(scheduler_class: type[rq.scheduler.RQScheduler]) -> None:
+    # RQ names its scheduler class in the worker module and offers no setting for it.
+    rq.worker.base.RQScheduler = scheduler_class  # type: ignore[attr-defined]
+
+
+class _Worker(rq.worker.BaseWorker):
+    """What both worker classes add to RQ's."""
+
     job_class = CatalogJob
     queue_class = Queue  # type: ignore[assignment]  # RQ types it as its own Queue; ours is a subclass
 
@@ -102,8 +146,10 @@ class Worker(rq.Worker):
             kwargs["job_monitoring_interval"] = settings.job_monitoring_interval
         if kwargs.get("maintenance_interval", DEFAULT_MAINTENANCE_TASK_INTERVAL) == DEFAULT_MAINTENANCE_TASK_INTERVAL:
             kwargs["maintenance_interval"] = settings.maintenance_interval
-        # Named after the host, so that `taskctl queues` and the dashboard tell hosts apart.
-        name = name or f"{socket.gethostname()}.{os.getpid()}"
+        # Named after the host, so that `taskctl queues` and the dashboard tell hosts apart
+        # (`rq worker-pool` names its workers with random hex: replaced too).
+        if not name or _POOL_NAME.fullmatch(name):
+            name = f"{socket.gethostname()}.{os.getpid()}"
         given = [queues] if isinstance(queues, (str, rq.Queue)) else list(queues)
         connection = kwargs.get("connection")
         rebuilt = [
@@ -112,12 +158,17 @@ class Worker(rq.Worker):
             else Queue(q if isinstance(q, str) else q.name, connection=connection or getattr(q, "connection", None))
             for q in given
         ]
-        # Load the catalog here, once: each forked work-horse inherits it instead of
+        # Load the catalog here, once: a forked work-horse inherits it instead of
         # importing every job module again for every job.
         get_catalog()
         self.heartbeat_grace = settings.heartbeat_grace
+        self._heartbeat_sent_at = self._key_expires_at = 0.0
+        self._suspension_checked_at = -1.0
         self.job_memory_limit_mb = settings.job_memory_limit_mb
         super().__init__(rebuilt, name, *args, **kwargs)
+        # One line per job started and one per job ended is the log; RQ's third
+        # ("result is kept for 500 seconds") says what the settings say, per job.
+        self.log_result_lifespan = False
         if kwargs.get("prepare_for_work", True):
             warn_if_unsafe(self.connection, self.log)
 
@@ -140,52 +191,47 @@ class Worker(rq.Worker):
         # Every job was claimed into its queue's intermediate list (Queue.dequeue_any), not only one-queue workers'.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
-    def main_work_horse(self, job: rq.job.Job, queue: rq.Queue) -> None:
-        parent = os.getppid()
-        die_with_parent()
-        if os.getppid() != parent:  # the worker died before the line above took effect
-            os._exit(1)
-        if self.job_memory_limit_mb:
-            limit = self.job_memory_limit_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        if job.timeout and job.timeout > 0:
-            # RQ stops an overrunning job by raising JobTimeoutException in it; a job
-            # that catches every exception swallows that, and RQ's worker would let it
-            # run 60 s more. This ends the work-horse itself a few seconds after the timeout.
-            watchdog = threading.Timer(job.timeout + HORSE_TIMEOUT_GRACE, _overran, args=(job.id, job.timeout))
-            watchdog.daemon = True
-            watchdog.start()
-        super().main_work_horse(job, queue)
-
-    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
-        try:
-            super().execute_job(job, queue)
-        except REDIS_DOWN_ERRORS as exc:
-            # Redis went away mid-job. Whatever the horse could not record, the job's
-            # started-registry entry expires and the job is recovered; the worker
-            # itself waits for Redis and carries on instead of exiting.
-            self.log.error("Worker %s: Redis went away during job %s (%s); waiting for it", self.name, job.id, exc)
-            if self._horse_pid:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(self._horse_pid, 0)
-                self._horse_pid = 0
-            wait_until_answers(self.connection, self.log, get_settings().redis_url)
+    def _job_lost_redis(self, job: rq.job.Job, exc: Exception) -> None:
+        # Whatever could not be recorded, the job's started-registry entry expires and
+        # the job is recovered; the worker itself waits for Redis instead of exiting.
+        self.log.error("Worker %s: Redis went away during job %s (%s); waiting for it", self.name, job.id, exc)
+        wait_until_answers(self.connection, self.log, get_settings().redis_url)
 
     # RQ's work loop also talks to Redis outside its own outage handling (the
     # suspension check and maintenance at the top of the loop, a heartbeat after
     # each job); an outage there made the worker quit. These wait for Redis instead.
 
     def check_for_suspension(self, burst: bool) -> None:
-        self._through_outages(super().check_for_suspension, burst)
+        # RQ asks Redis before every job whether workers are suspended; once a second is as good.
+        if time.monotonic() - self._suspension_checked_at >= 1:
+            self._through_outages(super().check_for_suspension, burst)
+            self._suspension_checked_at = time.monotonic()
 
     def run_maintenance_tasks(self) -> None:
         self._through_outages(super().run_maintenance_tasks)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ sends a heartbeat (three commands, one round trip) three to four times per
+        # job. One alone is skipped while the last is recent and the worker's key is
+        # sure to outlive the longest idle wait; one in a pipeline costs nothing and is sent.
+        now = time.monotonic()
+        recent = now - self._heartbeat_sent_at < self.job_monitoring_interval
+        if pipeline is None and recent and now + self.dequeue_timeout + HEARTBEAT_MARGIN < self._key_expires_at:
+            return
+        # RQ shortens the key's TTL to the job's heartbeat TTL at each job start; a little
+        # longer keeps the skip above possible. (A job's own heartbeat is its registry entry.)
+        ttl = max(timeout or self.worker_ttl + 60, self.dequeue_timeout + 2 * HEARTBEAT_MARGIN)
         if pipeline is not None:  # the caller's pipeline: its caller handles the outage
-            super().heartbeat(timeout, pipeline=pipeline)
+            super().heartbeat(ttl, pipeline=pipeline)
         else:
-            self._through_outages(super().heartbeat, timeout)
+            self._through_outages(super().heartbeat, ttl)
+        self._heartbeat_sent_at, self._key_expires_at = now, now + ttl
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ sets "idle" twice per job; the second write changes nothing.
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline=pipeline)
 
     def _through_outages(self, call: Callable[..., Any], *args: Any) -> None:
         while True:
@@ -211,3 +257,149 @@ class Worker(rq.Worker):
         super().handle_job_failure(job, queue, *args, **kwargs)
         if job.get_status(refresh=True) == rq.job.JobStatus.FAILED:
             cancel_dependents(job, f"{job.description or job.id} failed")
+
+
+class Worker(_Worker, rq.SimpleWorker):
+    """Runs each job in the worker process itself: the default, and the fast one.
+
+    What a work-horse gave, it gets another way: a monitor thread sends the job's
+    heartbeats, and ends the process when a job ignores its timeout (the job is
+    failed first, with that reason); the memory limit applies to the process, on
+    top of what the worker itself uses. A job that crashes the interpreter takes
+    the process with it: the job is recovered like any job whose worker died, and
+    ``rq worker-pool`` starts a new worker. Where that is likely, use ForkingWorker.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if multiprocessing.parent_process() is not None:
+            die_with_parent()  # a worker of `rq worker-pool`: it goes with its pool
+        self._monitor = _JobMonitor(self)
+
+    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        self._monitor.watch(job, queue)
+        try:
+            super().execute_job(job, queue)
+        except REDIS_DOWN_ERRORS as exc:
+            self._monitor.watch(None, None)  # the job has ended: waiting for Redis is no overrun
+            self._job_lost_redis(job, exc)
+        finally:
+            self._monitor.watch(None, None)
+
+    def stop_scheduler(self) -> None:
+        # RQ's version signals the scheduler's process; this one is a thread.
+        if self.scheduler is not None and isinstance(self.scheduler._process, threading.Thread):
+            self.scheduler.request_stop()
+            self.scheduler._process.join(timeout=self.scheduler.interval + 5)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        _use_scheduler(ThreadScheduler)
+        self._monitor.start()
+        if self.job_memory_limit_mb:
+            limit_address_space(self.job_memory_limit_mb)
+        return bool(super().work(*args, **kwargs))
+
+
+class _JobMonitor(threading.Thread):
+    """The in-process worker's stand-in for RQ's horse monitor: heartbeats, and the timeout nobody can swallow."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="taskctl-job-monitor", daemon=True)
+        self.worker = worker
+        self._changed = threading.Condition()
+        self._job: rq.job.Job | None = None
+        self._queue: rq.Queue | None = None
+        self._since = 0.0
+
+    def watch(self, job: rq.job.Job | None, queue: rq.Queue | None) -> None:
+        with self._changed:
+            self._job, self._queue, self._since = job, queue, time.monotonic()
+            self._changed.notify()
+
+    def run(self) -> None:
+        interval = self.worker.job_monitoring_interval
+        while True:
+            with self._changed:
+                while self._job is None:
+                    self._changed.wait()
+                job, queue, started = self._job, self._queue, self._since
+                self._changed.wait(timeout=interval)
+                if self._job is not job or self._since != started:
+                    continue  # that job has ended
+            assert queue is not None
+            if job.timeout and job.timeout > 0 and time.monotonic() - started > job.timeout + HORSE_TIMEOUT_GRACE:
+                self._end_overrun(job, queue)
+            execution = self.worker.execution
+            if execution is None:
+                continue
+            # In an outage the main thread finds out and waits for Redis; the heartbeat can wait too.
+            with contextlib.suppress(*REDIS_DOWN_ERRORS):
+                self.worker.maintain_heartbeats(job, execution)
+
+    def _end_overrun(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        """Fail a job that ignored its timeout (retried if it has retries), then end the process running it."""
+        message = f"job ignored its {job.timeout} s timeout; taskctl ended the worker process running it"
+        os.write(2, f"taskctl: {job.id}: {message}\n".encode())
+        try:
+            error = JobTimeoutException(message)
+            job.ended_at = rq.utils.now()
+            self.worker.handle_exception(job, JobTimeoutException, error, None)
+            self.worker.handle_job_failure(
+                job, queue, started_job_registry=queue.started_job_registry,
+                exc_string=f"rq.timeouts.JobTimeoutException: {message}", execution=self.worker.execution,
+            )  # fmt: skip
+        finally:
+            os._exit(TIMEOUT_EXIT_CODE)
+
+
+class ForkingWorker(_Worker, rq.Worker):
+    """Forks a work-horse per job, as stock ``rq worker`` does: slower, and a crash takes only the job.
+
+    A job that segfaults, exhausts its memory limit or is killed fails alone, with
+    the reason (the signal) recorded, and the worker carries on.
+    """
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        _use_scheduler(OwnedScheduler)
+        return bool(super().work(*args, **kwargs))
+
+    def main_work_horse(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        parent = os.getppid()
+        die_with_parent()
+        if os.getppid() != parent:  # the worker died before the line above took effect
+            os._exit(1)
+        if self.job_memory_limit_mb:
+            limit_address_space(self.job_memory_limit_mb)
+        if job.timeout and job.timeout > 0:
+            # RQ stops an overrunning job by raising JobTimeoutException in it; a job
+            # that catches every exception swallows that, and RQ's worker would let it
+            # run 60 s more. This ends the work-horse itself a few seconds after the timeout.
+            watchdog = threading.Timer(job.timeout + HORSE_TIMEOUT_GRACE, _overran, args=(job.id, job.timeout))
+            watchdog.daemon = True
+            watchdog.start()
+        super().main_work_horse(job, queue)
+
+    def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        except REDIS_DOWN_ERRORS as exc:
+            if self._horse_pid:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self._horse_pid, 0)
+                self._horse_pid = 0
+            self._job_lost_redis(job, exc)
+
+
+def limit_address_space(megabytes: int) -> None:
+    """Let this process map at most ``megabytes`` more than it has now (RLIMIT_AS).
+
+    Counted on top of what the process already uses, so the limit is the job's,
+    whatever the worker itself, its threads and its libraries take.
+    """
+    try:
+        with open("/proc/self/statm") as statm:
+            in_use = int(statm.read().split()[0]) * resource.getpagesize()
+    except OSError:  # no /proc: the limit is absolute
+        in_use = 0
+    limit = in_use + megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

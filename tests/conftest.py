@@ -110,18 +110,13 @@ def taskctl(*args: str) -> Result:
     return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
 
 
-def worker_command(*extra: str) -> list[str]:
-    """The stock `rq worker` command, configured the way the Procfile configures it."""
-    return [
-        str(BIN / "rq"),
-        "worker",
-        "-c",
-        "taskctl.rqconfig",
-        "-w",
-        "taskctl.worker.Worker",
-        "--with-scheduler",
-        *extra,
-    ]
+#: The worker classes taskctl ships: the default runs jobs in-process, the other forks a work-horse per job.
+IN_PROCESS, FORKING = "taskctl.worker.Worker", "taskctl.worker.ForkingWorker"
+
+
+def worker_command(*extra: str, worker_class: str = IN_PROCESS) -> list[str]:
+    """The stock `rq worker` command, configured the way the deployment files configure it."""
+    return [str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", worker_class, "--with-scheduler", *extra]
 
 
 def run_burst_worker(*queues: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

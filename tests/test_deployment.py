@@ -85,16 +85,20 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 def test_every_procfile_process_has_a_systemd_unit_with_the_same_command() -> None:
+    """The same commands everywhere; systemd supervises itself: one `rq worker` per unit instance, not a pool."""
     procfile = dict(
         line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if re.match(r"^\w+:", line)
     )
     units = {unit.name: unit.read_text() for unit in (DEPLOY / "systemd").glob("*.service")}
+    worker = "rq worker -c taskctl.rqconfig -w taskctl.worker.Worker --with-scheduler"
+    pool = "rq worker-pool -c taskctl.rqconfig -w taskctl.worker.Worker -n 2"
+    assert procfile["worker"].strip() == pool
     for process, unit in (("worker", "taskctl-worker@.service"), ("scheduler", "taskctl-scheduler.service"),
                           ("web", "taskctl-web.service")):  # fmt: skip
-        command = procfile[process].strip()
+        command = worker if process == "worker" else procfile[process].strip()
         exec_start = re.search(r"^ExecStart=/opt/taskctl/\.venv/bin/(.*)$", units[unit], re.M)
         assert exec_start is not None
         assert exec_start.group(1).startswith(command), (process, command, exec_start.group(1))
         assert "Restart=always" in units[unit] and "KillSignal=SIGTERM" in units[unit]
     container = (DEPLOY / "Containerfile").read_text()
-    assert '"rq", "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker", "--with-scheduler"' in container
+    assert '"rq", "worker-pool", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker", "-n", "2"' in container

@@ -26,7 +26,18 @@ from taskctl.bulk import read_calls
 from taskctl.enqueue import enqueue_many
 from taskctl.rqclasses import CatalogJob
 from taskctl.stack import redis_server, stop
-from tests.conftest import ROOT, SUMMARIES, fetch, free_port, start_web, taskctl, worker_command
+from tests.conftest import (
+    BIN,
+    FORKING,
+    IN_PROCESS,
+    ROOT,
+    SUMMARIES,
+    fetch,
+    free_port,
+    start_web,
+    taskctl,
+    worker_command,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -117,9 +128,9 @@ def audit(redis: Redis, ids: list[str], log: Path | None, timeout: float) -> Aud
 def workers(configured: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(**env: str) -> subprocess.Popen[str]:
+    def start(worker_class: str = IN_PROCESS, **env: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            worker_command(), env=dict(os.environ, **env), cwd=ROOT,
+            worker_command(worker_class=worker_class), env=dict(os.environ, **env), cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         started.append(process)
@@ -132,17 +143,20 @@ def workers(configured: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
 
 def horse_of(worker: subprocess.Popen[str], log: Path) -> psutil.Process | None:
-    """The work-horse running a `tally` job for this worker (its other child may be RQ's scheduler)."""
+    """The process running a `tally` job for this worker: its work-horse, or itself if it runs jobs in-process.
+
+    A forking worker's other child may be RQ's scheduler.
+    """
     running: set[int] = set()
     if log.exists():
         for line in log.read_text().splitlines():
             kind, _token, pid, _moment = line.split()
             (running.add if kind == "start" else running.discard)(int(pid))
     try:
-        children = psutil.Process(worker.pid).children()
+        process = psutil.Process(worker.pid)
+        return process if worker.pid in running else next((c for c in process.children() if c.pid in running), None)
     except psutil.NoSuchProcess:
         return None
-    return next((child for child in children if child.pid in running), None)
 
 
 def is_running(process: psutil.Process) -> bool:
@@ -167,31 +181,40 @@ def enqueue_tallies(log: Path, count: int, seconds: float) -> list[str]:
 def test_workers_killed_mid_job_lose_nothing(
     workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path, soak: int
 ) -> None:
-    """Fault 1: SIGKILL to whole workers, to main processes only, to work-horses only, while others work."""
+    """Fault 1: SIGKILL to whole workers, to main processes only, to work-horses only, while others work.
+
+    Two workers of each class: an in-process worker is killed whole; a forking one
+    whole, in its main process only, or in its work-horse only.
+    """
     log = tmp_path / "runs.log"
     ids = enqueue_tallies(log, 2000 * soak, 0.1)
-    pool = [workers() for _ in range(4)]
-    kills = {"whole worker": 0, "main process": 0, "work-horse": 0}
+    classes = [IN_PROCESS, IN_PROCESS, FORKING, FORKING]
+    pool = [workers(worker_class) for worker_class in classes]
+    kills = {"whole in-process worker": 0, "whole forking worker": 0, "main process": 0, "work-horse": 0}
     rng = random.Random(1716)
     deadline = time.monotonic() + 240 * soak
     while time.monotonic() < deadline and sum(kills.values()) < 24 * soak:
         time.sleep(0.8)
         if all(s in FINAL for s in statuses(redis, ids[-50:]).values()) and sum(kills.values()) >= 20:
             break
-        victim = rng.choice(pool)
+        number = rng.randrange(len(pool))
+        victim = pool[number]
         horse = horse_of(victim, log)
-        kind = rng.choice(list(kills))
+        if classes[number] == IN_PROCESS:
+            kind = "whole in-process worker"
+        else:
+            kind = rng.choice(["whole forking worker", "main process", "work-horse"])
         if horse is None:
             continue
         try:
-            if kind != "main process":
+            if kind in ("whole forking worker", "work-horse"):
                 horse.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             continue  # the job ended first: try again
         if kind != "work-horse":
             victim.send_signal(signal.SIGKILL)
             victim.wait(timeout=10)
-            pool[pool.index(victim)] = workers()  # the process manager restarts it
+            pool[number] = workers(classes[number])  # the process manager restarts it
         kills[kind] += 1
 
     result = audit(redis, ids, log, timeout=180)
@@ -205,11 +228,11 @@ def test_workers_killed_mid_job_lose_nothing(
 
 
 def one_job_running(
-    workers: Callable[..., subprocess.Popen[str]], log: Path, seconds: float
+    workers: Callable[..., subprocess.Popen[str]], log: Path, seconds: float, worker_class: str = IN_PROCESS
 ) -> tuple[str, subprocess.Popen[str], psutil.Process]:
-    """Enqueue one `tally` job, start a worker, and return once its work-horse is running the job."""
+    """Enqueue one `tally` job, start a worker, and return once it (or its work-horse) is running the job."""
     [job_id] = enqueue_tallies(log, 1, seconds)
-    worker = workers()
+    worker = workers(worker_class)
     deadline = time.monotonic() + 30
     while not log.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -223,8 +246,8 @@ def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
 ) -> None:
     log = tmp_path / "runs.log"
     job_id, victim, horse = one_job_running(workers, log, seconds=8)
+    assert horse.pid == victim.pid  # the default worker runs the job itself
     victim.send_signal(signal.SIGKILL)
-    horse.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     workers()  # another worker, which does the recovery
 
@@ -243,7 +266,7 @@ def test_a_worker_killed_alone_takes_its_work_horse_with_it(
 ) -> None:
     """Only the main process is killed: its horse must not go on running the job unsupervised."""
     log = tmp_path / "runs.log"
-    job_id, victim, _horse = one_job_running(workers, log, seconds=6)
+    job_id, victim, _horse = one_job_running(workers, log, seconds=6, worker_class=FORKING)
     children = psutil.Process(victim.pid).children()  # the horse, and RQ's scheduler process if it has the lock
     victim.send_signal(signal.SIGKILL)
 
@@ -358,14 +381,14 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
         server.__exit__(None, None, None)
 
 
-def test_a_job_that_exhausts_memory_or_segfaults_fails_and_the_worker_survives(
+def test_a_job_that_exhausts_memory_or_segfaults_fails_and_the_forking_worker_survives(
     workers: Callable[..., subprocess.Popen[str]], redis: Redis
 ) -> None:
-    """Fault 5."""
+    """Fault 5, with the worker that forks a work-horse per job."""
     hog = taskctl("enqueue", "hog_memory", "2048").output.split(" as ")[1].split()[0]
     crash = taskctl("enqueue", "segfault").output.split(" as ")[1].split()[0]
     after = taskctl("enqueue", "add", "1", "1").output.split(" as ")[1].split()[0]
-    worker = workers(TASKCTL_JOB_MEMORY_LIMIT_MB="512")
+    worker = workers(FORKING, TASKCTL_JOB_MEMORY_LIMIT_MB="512")
 
     final = wait_until_final(redis, [hog, crash, after], timeout=60)
 
@@ -375,3 +398,34 @@ def test_a_job_that_exhausts_memory_or_segfaults_fails_and_the_worker_survives(
     assert "(signal 11)" in taskctl("failed", "show", crash).output
     assert worker.poll() is None
     SUMMARIES.append("fault 5: MemoryError and SIGSEGV jobs failed with their reason; the worker carried on")
+
+
+def test_in_process_a_job_out_of_memory_fails_and_a_crash_is_recovered_while_the_pool_carries_on(
+    configured: str, redis: Redis, tmp_path: Path
+) -> None:
+    """Fault 5 with the default worker under `rq worker-pool`, as the Procfile runs it.
+
+    The memory limit still turns an allocation too big into MemoryError. A segfault
+    takes the worker process down: the pool starts another, and the job is failed
+    as abandoned once its heartbeat has expired (a job with retries would be run again).
+    """
+    hog = taskctl("enqueue", "hog_memory", "2048").output.split(" as ")[1].split()[0]
+    crash = taskctl("enqueue", "segfault").output.split(" as ")[1].split()[0]
+    after = taskctl("enqueue", "add", "1", "1").output.split(" as ")[1].split()[0]
+    command = [str(BIN / "rq"), "worker-pool", "-c", "taskctl.rqconfig", "-w", IN_PROCESS, "-n", "1"]
+    out = tmp_path / "pool.log"
+    with open(out, "wb") as log:
+        pool = subprocess.Popen(command, env=dict(os.environ, TASKCTL_JOB_MEMORY_LIMIT_MB="512"), cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        final = wait_until_final(redis, [hog, crash, after], timeout=90)
+        assert final == {hog: "failed", crash: "failed", after: "finished"}, out.read_text()[-3000:]
+        assert "MemoryError" in taskctl("status", hog).output
+        assert "AbandonedJobError" in taskctl("failed", "show", crash).output
+        assert pool.poll() is None
+        assert "is dead" in out.read_text()  # the pool saw its worker die, and started another
+    finally:
+        stop(pool, timeout=10)
+    SUMMARIES.append(
+        "fault 5, in-process: MemoryError failed alone; the segfault's job failed as abandoned, the pool went on"
+    )

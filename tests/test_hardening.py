@@ -11,22 +11,39 @@ import pytest
 from redis import Redis
 
 from taskctl.settings import load_settings
-from taskctl.stack import redis_server
-from tests.conftest import ROOT, free_port, taskctl, worker_command
+from taskctl.stack import redis_server, stop
+from taskctl.worker import TIMEOUT_EXIT_CODE
+from tests.conftest import FORKING, IN_PROCESS, ROOT, free_port, taskctl, worker_command
 from tests.test_failures import fields
 
+#: What each worker class records for a job that swallowed its timeout.
+OVERRUN = {
+    IN_PROCESS: "rq.timeouts.JobTimeoutException: job ignored its 1 s timeout; taskctl ended the worker process",
+    FORKING: "Work-horse terminated unexpectedly; waitpid returned",
+}
 
-def test_a_job_that_swallows_its_timeout_is_ended_anyway(worker: object, redis: Redis) -> None:
+
+@pytest.mark.parametrize("worker_class", [IN_PROCESS, FORKING])
+def test_a_job_that_swallows_its_timeout_is_ended_anyway(worker_class: str, configured: str, redis: Redis) -> None:
     job_id = taskctl("enqueue", "stubborn", "60", "--job-timeout", "1").output.split(" as ")[1].split()[0]
-    started = time.monotonic()
-    while fields(taskctl("status", job_id).output)["status"] not in ("failed", "finished"):
-        assert time.monotonic() - started < 30, "the job outlived its timeout by far"
-        time.sleep(0.2)
+    worker = subprocess.Popen(worker_command(worker_class=worker_class), env=dict(os.environ), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        started = time.monotonic()
+        while fields(taskctl("status", job_id).output)["status"] not in ("failed", "finished"):
+            assert time.monotonic() - started < 30, "the job outlived its timeout by far"
+            time.sleep(0.2)
 
-    shown = fields(taskctl("status", job_id).output)
-    assert shown["status"] == "failed"
-    assert "Work-horse terminated unexpectedly; waitpid returned" in taskctl("failed", "show", job_id).output
-    assert time.monotonic() - started < 15  # 1 s timeout + 3 s grace, not RQ's 60 s more
+        shown = fields(taskctl("status", job_id).output)
+        assert shown["status"] == "failed"
+        assert OVERRUN[worker_class] in taskctl("failed", "show", job_id).output
+        assert time.monotonic() - started < 15  # 1 s timeout + 3 s grace, not RQ's 60 s more
+        if worker_class == IN_PROCESS:  # it ended its own process; a pool or process manager starts another
+            assert worker.wait(timeout=10) == TIMEOUT_EXIT_CODE
+        else:
+            assert worker.poll() is None
+    finally:
+        stop(worker, timeout=10)
 
 
 def test_doctor_reports_a_safe_redis(configured: str) -> None:
