@@ -248,6 +248,10 @@ class _Worker(rq.worker.BaseWorker):
         job.save_meta()  # type: ignore[no-untyped-call]  # one HSET, on failures only
         if isinstance(exc_info[1], NOT_RETRIED):
             job.retries_left = 0
+        if isinstance(job, CatalogJob) and not job.readable:
+            # RQ's version logs the job's function and arguments, which cannot be read.
+            self.log.error("Worker %s: job %s: %s", self.name, job.id, UNREADABLE_DATA)
+            return
         super().handle_exception(job, *exc_info)
 
     def handle_job_failure(self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
@@ -303,35 +307,34 @@ class Worker(_Worker, rq.SimpleWorker):
 class _JobMonitor(threading.Thread):
     """The in-process worker's stand-in for RQ's horse monitor: heartbeats, and the timeout nobody can swallow."""
 
+    #: Seconds between the monitor's looks at the running job.
+    TICK = 0.5
+
     def __init__(self, worker: Worker) -> None:
         super().__init__(name="taskctl-job-monitor", daemon=True)
         self.worker = worker
-        self._changed = threading.Condition()
-        self._job: rq.job.Job | None = None
-        self._queue: rq.Queue | None = None
-        self._since = 0.0
+        self._running: tuple[rq.job.Job, rq.Queue, float] | None = None
 
     def watch(self, job: rq.job.Job | None, queue: rq.Queue | None) -> None:
-        with self._changed:
-            self._job, self._queue, self._since = job, queue, time.monotonic()
-            self._changed.notify()
+        # One assignment: no lock, no wake-up, so starting a job costs the worker nothing.
+        self._running = (job, queue, time.monotonic()) if job is not None and queue is not None else None
 
     def run(self) -> None:
-        interval = self.worker.job_monitoring_interval
+        beat_at = 0.0
         while True:
-            with self._changed:
-                while self._job is None:
-                    self._changed.wait()
-                job, queue, started = self._job, self._queue, self._since
-                self._changed.wait(timeout=interval)
-                if self._job is not job or self._since != started:
-                    continue  # that job has ended
-            assert queue is not None
-            if job.timeout and job.timeout > 0 and time.monotonic() - started > job.timeout + HORSE_TIMEOUT_GRACE:
+            time.sleep(self.TICK)
+            running = self._running
+            if running is None:
+                continue
+            job, queue, since = running
+            now = time.monotonic()
+            overrun = job.timeout and job.timeout > 0 and now - since > job.timeout + HORSE_TIMEOUT_GRACE
+            if overrun and self._running is running:
                 self._end_overrun(job, queue)
             execution = self.worker.execution
-            if execution is None:
+            if now - max(since, beat_at) < self.worker.job_monitoring_interval or execution is None:
                 continue
+            beat_at = now
             # In an outage the main thread finds out and waits for Redis; the heartbeat can wait too.
             with contextlib.suppress(*REDIS_DOWN_ERRORS):
                 self.worker.maintain_heartbeats(job, execution)
