@@ -22,11 +22,12 @@ def backoff_intervals(retries: int, base: float, cap: float, rng: random.Random 
     # The random module's own generator: seeding a new one for each call cost 10 us, more than
     # the rest of preparing the call; and it is seeded anew in a forked child, where one of
     # ours would draw the same waits as in its parent.
-    uniform = rng.uniform if rng else random.uniform
+    draw = rng.random if rng else random.random
     waits = []
     for attempt in range(retries):
         ceiling = min(cap, base * 2**attempt)
-        waits.append(0 if ceiling <= 0 else max(1, round(uniform(ceiling / 2, ceiling))))
+        # Uniform between half the ceiling and all of it (random.uniform, without its call).
+        waits.append(0 if ceiling <= 0 else max(1, round(ceiling * (1 + draw()) / 2)))
     return waits
 
 

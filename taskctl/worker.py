@@ -191,6 +191,11 @@ class _Worker(rq.worker.BaseWorker):
         # Every job was claimed into its queue's intermediate list (Queue.dequeue_any), not only one-queue workers'.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
+    def handle_execution_ended(self, job: rq.job.Job, queue: rq.Queue, heartbeat_ttl: int) -> None:
+        # RQ sends a heartbeat here (a round trip per job) to cover the job's success or
+        # failure callback; a CatalogJob never runs callbacks, so only the end time is kept.
+        job.ended_at = rq.utils.now()
+
     def _job_lost_redis(self, job: rq.job.Job, exc: Exception) -> None:
         # Whatever could not be recorded, the job's started-registry entry expires and
         # the job is recovered; the worker itself waits for Redis instead of exiting.
