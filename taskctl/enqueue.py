@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from redis import Redis
@@ -33,6 +32,9 @@ from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
 from taskctl.when import due_time
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 JobRef = str | Callable[..., Any]
 
@@ -214,6 +216,8 @@ def enqueue_many(
         ids.extend(batch_ids)
         if progress:
             progress(len(batch_ids))
+
+    from concurrent.futures import ThreadPoolExecutor  # here: `taskctl enqueue` starts faster without it
 
     try:
         # A thread waits for Redis to store one batch while this one builds the next.
