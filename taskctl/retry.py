@@ -8,6 +8,7 @@ together.
 
 from __future__ import annotations
 
+import functools
 import random
 
 from rq import Retry
@@ -23,12 +24,16 @@ def backoff_intervals(retries: int, base: float, cap: float, rng: random.Random 
     # the rest of preparing the call; and it is seeded anew in a forked child, where one of
     # ours would draw the same waits as in its parent.
     draw = rng.random if rng else random.random
-    waits = []
-    for attempt in range(retries):
-        ceiling = min(cap, base * 2**attempt)
-        # Uniform between half the ceiling and all of it (random.uniform, without its call).
-        waits.append(0 if ceiling <= 0 else max(1, round(ceiling * (1 + draw()) / 2)))
-    return waits
+    # Uniform between half the ceiling and all of it (random.uniform, without its call).
+    return [
+        0 if ceiling <= 0 else max(1, round(ceiling * (1 + draw()) / 2)) for ceiling in _ceilings(retries, base, cap)
+    ]
+
+
+@functools.cache
+def _ceilings(retries: int, base: float, cap: float) -> tuple[float, ...]:
+    """The longest wait before each retry: doubling from the base, up to the cap (bulk enqueue asks often)."""
+    return tuple(min(cap, base * 2**attempt) for attempt in range(retries))
 
 
 def make_retry(entry: CatalogEntry, retries: int | None, backoff: float | None, settings: Settings) -> Retry | None:
@@ -37,8 +42,9 @@ def make_retry(entry: CatalogEntry, retries: int | None, backoff: float | None, 
         raise InvalidArgumentsError(f"retries must be 0 or more, got {retries}")
     if backoff is not None and backoff < 0:
         raise InvalidArgumentsError(f"backoff must be 0 or more seconds, got {backoff:g}")
-    count = next(v for v in (retries, entry.spec.retries, settings.retries) if v is not None)
-    base = next(v for v in (backoff, entry.spec.backoff, settings.backoff) if v is not None)
+    spec = entry.spec
+    count = retries if retries is not None else spec.retries if spec.retries is not None else settings.retries
     if count == 0:
         return None
+    base = backoff if backoff is not None else spec.backoff if spec.backoff is not None else settings.backoff
     return Retry(max=count, interval=backoff_intervals(count, base, settings.backoff_cap))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,31 @@ def test_bulk_jobs_are_stored_exactly_as_rqs_own_enqueue_stores_them(
     assert (job[b"description"], job[b"status"]) == (b"add(2, b=20)", b"queued")
     assert job.get(b"meta") == (json.dumps(meta).encode() if meta else None)
     assert (b"retry_intervals" in job) == (options.get("retries") != 0)
+
+
+def test_a_bulk_job_whose_given_id_exists_replaces_it_as_rqs_own_enqueue_does(configured: str, redis: Redis) -> None:
+    """The fast path copies a template into new keys only; an existing job's key is written field by field."""
+    call = prepare("add", [1, 2], job_id="again")
+    settings = get_settings()
+
+    def stored(enqueue: Callable[[], object]) -> dict[bytes, Any]:
+        redis.flushdb()
+        redis.hset("rq:job:again", mapping={"status": "finished", "left_over": "from the earlier run"})
+        enqueue()
+        return keyspace(redis, ["again"])
+
+    bulk = stored(lambda: enqueue_many([call], redis))
+    by_rq = stored(
+        lambda: Queue(call.queue, connection=redis).enqueue_call(
+            call.entry.func, args=call.args, kwargs=call.kwargs, timeout=call.timeout, job_id="again",
+            result_ttl=settings.result_ttl, failure_ttl=settings.failure_ttl, description=call.description,
+            retry=call.retry,
+        )
+    )  # fmt: skip
+
+    assert bulk == by_rq
+    job = bulk[b"rq:job:<job 0>"][2]
+    assert (job[b"status"], job[b"left_over"]) == (b"queued", b"from the earlier run")
 
 
 def test_bulk_jobs_of_several_queues_and_shapes_run_on_a_worker(configured: str, redis: Redis) -> None:
