@@ -17,7 +17,7 @@ from taskctl.connection import get_redis
 from taskctl.enqueue import enqueue
 from taskctl.exceptions import RedisUnavailableError
 from taskctl.stack import redis_server, redis_server_binary, stop
-from tests.conftest import ROOT, SUMMARIES, fetch, free_port, start_web, worker_command
+from tests.conftest import BIN, IN_PROCESS, ROOT, SUMMARIES, fetch, free_port, start_web, worker_command
 from tests.test_faults import audit
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -75,9 +75,11 @@ def test_enqueueing_and_processing_go_on_through_a_failover_and_nothing_accepted
     get_settings.cache_clear()
     log = tmp_path / "runs.log"
     worker_log = tmp_path / "workers.log"
+    # One `rq worker`, and `rq worker-pool` as the Procfile runs it: both reach Redis through the sentinels.
+    pool = [str(BIN / "rq"), "worker-pool", "-c", "taskctl.rqconfig", "-w", IN_PROCESS, "-n", "1"]
     with open(worker_log, "wb") as out:
-        workers = [subprocess.Popen(worker_command(), env=dict(os.environ), cwd=ROOT, stdout=out,
-                                    stderr=subprocess.STDOUT) for _ in range(2)]  # fmt: skip
+        workers = [subprocess.Popen(command, env=dict(os.environ), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                   for command in (worker_command(), pool)]  # fmt: skip
     accepted: list[str] = []
     refused = 0
     restarted = None
@@ -120,3 +122,5 @@ def test_enqueueing_and_processing_go_on_through_a_failover_and_nothing_accepted
     SUMMARIES.append(result.line("sentinel failover", f" enqueues refused during the failover={refused}"))
     assert (result.lost, result.stuck) == ([], []), worker_log.read_text()[-3000:]
     assert result.finished == 200
+    ran_in = {line.split()[2] for line in log.read_text().splitlines()}
+    assert len(ran_in) >= 2, worker_log.read_text()[-3000:]  # the pool's worker did its share
