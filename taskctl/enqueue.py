@@ -151,17 +151,10 @@ def submit(
             return JobHandle(_schedule(prepared, connection, settings))
         job = Queue(prepared.queue, connection=connection).enqueue_call(
             prepared.entry.func,
-            args=prepared.args,
-            kwargs=prepared.kwargs,
-            timeout=prepared.timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.failure_ttl,
-            description=prepared.description,
             job_id=prepared.job_id,
-            retry=prepared.retry,
             unique=prepared.unique,
             depends_on=list(depends_on) if depends_on else None,
-            meta=prepared.meta or None,
+            **rq_options(prepared, settings),
         )
         confirm_replicated(connection, settings)
     except RQDuplicateJobError:
@@ -308,17 +301,7 @@ def _save_jobs(queue: Queue, members: list[tuple[str, Prepared]], settings: Sett
     """
     global _save_jobs_script
     first = members[0][1]
-    job = queue.create_job(
-        first.entry.func,
-        args=first.args,
-        kwargs=first.kwargs,
-        timeout=first.timeout,
-        result_ttl=settings.result_ttl,
-        failure_ttl=settings.failure_ttl,
-        description=first.description,
-        meta=first.meta or None,
-        retry=first.retry,
-    )
+    job = queue.create_job(first.entry.func, **rq_options(first, settings))
     queue._prepare_for_queue(job)
     template = job.to_dict()
     names = list(_own_fields(job, first))
@@ -342,18 +325,16 @@ def with_id(call: Prepared) -> Prepared:
 
 def rq_data(call: Prepared, settings: Settings) -> Any:
     """RQ's EnqueueData for a prepared call (for Queue.enqueue_many and Group.enqueue_many)."""
-    return Queue.prepare_data(
-        call.entry.func,
-        args=call.args,
-        kwargs=call.kwargs,
-        timeout=call.timeout,
-        result_ttl=settings.result_ttl,
-        failure_ttl=settings.failure_ttl,
-        description=call.description,
-        job_id=call.job_id,
-        retry=call.retry,
-        meta=call.meta or None,
-    )
+    return Queue.prepare_data(call.entry.func, job_id=call.job_id, **rq_options(call, settings))
+
+
+def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:
+    """A prepared call as the keyword arguments every RQ door takes (enqueue_call, create_job, prepare_data)."""
+    return {
+        "args": call.args, "kwargs": call.kwargs, "timeout": call.timeout, "result_ttl": settings.result_ttl,
+        "failure_ttl": settings.failure_ttl, "description": call.description, "retry": call.retry,
+        "meta": call.meta or None,
+    }  # fmt: skip
 
 
 def _schedule(prepared: Prepared, connection: Redis, settings: Settings) -> CatalogJob:
