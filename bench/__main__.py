@@ -2,7 +2,7 @@
 
 Starts its own redis-server on a free port (append-only file, as in production),
 then for each repeat, alternating the systems: enqueue rates (one at a time and
-bulk), processing rates for no-op and 50 ms I/O-bound jobs with two worker
+bulk), processing rates for no-op and 50 ms I/O-bound jobs with two (--workers) job-running
 processes each, worker memory (RSS, children included), and enqueue-to-start
 latency at idle. Prints a table and the ratios the goals are stated in, and
 writes the figures as JSON.
@@ -32,30 +32,31 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SYSTEMS = ("taskctl", "rq worker", "rq SimpleWorker", "celery prefork")
+#: Job-running processes per system, unless --workers says otherwise.
 WORKERS = 2
 
 
-def worker_command(system: str, url: str) -> list[str]:
+def worker_command(system: str, url: str, processes: int = WORKERS) -> list[str]:
     rq = [str(BIN / "rq"), "worker", "-u", url, "--logging_level", "WARNING"]
     return {
         "taskctl": [str(BIN / "rq"), "worker-pool", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker",
-                    "-n", str(WORKERS), "--logging-level", "WARNING", "default"],
+                    "-n", str(processes), "--logging-level", "WARNING", "default"],
         "rq worker": [*rq, "default"],
         "rq SimpleWorker": [*rq, "-w", "rq.SimpleWorker", "default"],
-        "celery prefork": [str(BIN / "celery"), "-A", "bench.celery_app", "worker", "-c", str(WORKERS),
+        "celery prefork": [str(BIN / "celery"), "-A", "bench.celery_app", "worker", "-c", str(processes),
                            "--pool=prefork", "-l", "WARNING", "--without-gossip", "--without-mingle",
                            "--without-heartbeat"],
     }[system]  # fmt: skip
 
 
 @contextmanager
-def workers(system: str, url: str, env: dict[str, str]) -> Iterator[list[psutil.Process]]:
-    # Celery and `rq worker-pool` (taskctl's): one parent, WORKERS children.
-    count = 1 if system in ("celery prefork", "taskctl") else WORKERS
-    command = worker_command(system, url)
+def workers(system: str, url: str, env: dict[str, str], count: int = WORKERS) -> Iterator[list[psutil.Process]]:
+    # Celery and `rq worker-pool` (taskctl's): one parent, `count` children.
+    parents = 1 if system in ("celery prefork", "taskctl") else count
+    command = worker_command(system, url, count)
     quiet = subprocess.DEVNULL
-    processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=quiet, stderr=quiet) for _ in range(count)]
-    time.sleep(1.5 if count == WORKERS else 3)  # ready and idle
+    processes = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=quiet, stderr=quiet) for _ in range(parents)]
+    time.sleep((1.5 if parents == count else 3) + 0.2 * count)  # ready and idle
     try:
         yield [psutil.Process(p.pid) for p in processes]
     finally:
@@ -170,7 +171,9 @@ def drain(client: Client, job: str, count: int, processes: list[psutil.Process],
     return count / (time.perf_counter() - started), max(peak, rss_mb(processes))
 
 
-def run_system(system: str, url: str, env: dict[str, str], jobs: int, io_jobs: int, samples: int) -> dict[str, float]:
+def run_system(
+    system: str, url: str, env: dict[str, str], jobs: int, io_jobs: int, samples: int, count: int = WORKERS
+) -> dict[str, float]:
     client = Client(system, url)
     figures: dict[str, float] = {}
     client.redis.flushdb()
@@ -178,7 +181,7 @@ def run_system(system: str, url: str, env: dict[str, str], jobs: int, io_jobs: i
     client.redis.flushdb()
     figures["enqueue_bulk"] = jobs / timed(lambda: client.enqueue_bulk("noop", jobs))
     client.redis.flushdb()
-    with workers(system, url, env) as processes:
+    with workers(system, url, env, count) as processes:
         figures["idle_rss_mb"] = rss_mb(processes)
         latencies = sorted(client.latency(samples))
         figures["latency_p50_ms"] = statistics.median(latencies)
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2000, help="no-op jobs per measurement (default 2000)")
     parser.add_argument("--io-jobs", type=int, default=200, help="50 ms jobs per measurement (default 200)")
     parser.add_argument("--latency-samples", type=int, default=200, help="jobs timed one by one at idle")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help=f"job-running processes per system (default {WORKERS})")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="runs of every system, alternating (default 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where the figures go")
@@ -221,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for system in systems if repeat % 2 == 0 else reversed(systems):
                 print(f"repeat {repeat + 1}/{args.repeats}: {system} ...", file=sys.stderr, flush=True)
-                runs[system].append(run_system(system, url, env, args.jobs, args.io_jobs, args.latency_samples))
+                runs[system].append(
+                    run_system(system, url, env, args.jobs, args.io_jobs, args.latency_samples, args.workers)
+                )
     medians = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in systems}
     report(medians)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
