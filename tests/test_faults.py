@@ -228,11 +228,15 @@ def test_workers_killed_mid_job_lose_nothing(
 
 
 def one_job_running(
-    workers: Callable[..., subprocess.Popen[str]], log: Path, seconds: float, worker_class: str = IN_PROCESS
+    workers: Callable[..., subprocess.Popen[str]],
+    log: Path,
+    seconds: float,
+    worker_class: str = IN_PROCESS,
+    **env: str,
 ) -> tuple[str, subprocess.Popen[str], psutil.Process]:
     """Enqueue one `tally` job, start a worker, and return once it (or its work-horse) is running the job."""
     [job_id] = enqueue_tallies(log, 1, seconds)
-    worker = workers(worker_class)
+    worker = workers(worker_class, **env)
     deadline = time.monotonic() + 30
     while not log.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -259,6 +263,30 @@ def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
     assert len(starts) == 2  # killed once, run again
     SUMMARIES.append(f"whole worker SIGKILL: job retried and finished {recovered_after:.0f} s after the kill")
     assert recovered_after < 60
+
+
+@pytest.mark.parametrize("worker_class", [IN_PROCESS, FORKING])
+def test_a_job_running_far_past_its_heartbeat_ttl_is_not_taken_for_abandoned(
+    worker_class: str, workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path
+) -> None:
+    """Heartbeats every second, 3 s of TTL, maintenance every second by a second worker; the job runs 8 s.
+
+    Without heartbeats during the job (the in-process worker's monitor thread, the forking
+    worker's horse monitor), the second worker would retry it as abandoned while it runs.
+    """
+    short = {
+        "TASKCTL_JOB_MONITORING_INTERVAL": "1",
+        "TASKCTL_HEARTBEAT_GRACE": "2",
+        "TASKCTL_MAINTENANCE_INTERVAL": "1",
+    }
+    log = tmp_path / "runs.log"
+    job_id, _worker, _horse = one_job_running(workers, log, seconds=8, worker_class=worker_class, **short)
+    workers(worker_class, **short)  # idle, cleaning the registries every second
+
+    final = wait_until_final(redis, [job_id], timeout=30)
+
+    assert final[job_id] == "finished"
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "end"]
 
 
 def test_a_worker_killed_alone_takes_its_work_horse_with_it(
