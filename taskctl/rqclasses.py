@@ -139,8 +139,6 @@ def _claim(connection: Redis) -> Script:
 
 class Queue(rq.Queue):
     job_class = CatalogJob
-    #: Bulk enqueue turns this off and wakes workers once per batch instead of once per job.
-    wake_on_push = True
 
     def __init__(self, name: str = "default", connection: Redis | None = None, **kwargs: Any) -> None:
         kwargs["job_class"] = CatalogJob
@@ -157,9 +155,6 @@ class Queue(rq.Queue):
         return wakeup_key(self.key)
 
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
-        if not self.wake_on_push:
-            super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
-            return
         # In the same round trip as the push itself: a token that wakes an idle worker.
         connection = pipeline if pipeline is not None else self.connection.pipeline()
         super().push_job_id(job_id, pipeline=connection, at_front=at_front)
