@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from redis import Redis
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -101,3 +102,14 @@ def wait_until_answers(client: Redis, log: logging.Logger, url: str) -> None:
         else:
             log.info("Redis at %s answers again", mask_url(url))
             return
+
+
+_scripts: dict[str, Script] = {}
+
+
+def lua(connection: Redis, source: str) -> Script:
+    """A Lua script, registered once per process: redis-py loads it on a server that lacks it (after a restart)."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = connection.register_script(source)
+    return script

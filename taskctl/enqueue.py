@@ -19,13 +19,12 @@ from uuid import uuid4
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.commands.core import Script
 from rq import Retry
 from rq.exceptions import DuplicateJobError as RQDuplicateJobError
 from rq.job import JOB_ID_PATTERN, Job
 
 from taskctl.catalog import CatalogEntry, get_catalog
-from taskctl.connection import REDIS_DOWN_ERRORS, connect, unavailable
+from taskctl.connection import REDIS_DOWN_ERRORS, connect, lua, unavailable
 from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError, RedisUnavailableError
 from taskctl.handle import JobHandle
 from taskctl.retry import make_retry
@@ -271,7 +270,6 @@ end
 redis.call('DEL', KEYS[1])
 return #KEYS - 1
 """
-_save_jobs_script: Script | None = None
 #: Redis 6.2 takes at most 1M arguments per command, and blocks other clients while a script runs.
 JOBS_PER_SCRIPT = 1000
 
@@ -299,19 +297,17 @@ def _save_jobs(queue: Queue, members: list[tuple[str, Prepared]], settings: Sett
     way its enqueue_many does, and every field but the calls' own comes from
     that job (so the jobs of a batch share their created_at and enqueued_at).
     """
-    global _save_jobs_script
     first = members[0][1]
     job = queue.create_job(first.entry.func, **rq_options(first, settings))
     queue._prepare_for_queue(job)
     template = job.to_dict()
     names = list(_own_fields(job, first))
     shared = [item for name, value in template.items() if name not in names for item in (name, value)]
-    if _save_jobs_script is None:
-        _save_jobs_script = queue.connection.register_script(SAVE_JOBS_SCRIPT)
+    save_jobs = lua(queue.connection, SAVE_JOBS_SCRIPT)
     for start in range(0, len(members), JOBS_PER_SCRIPT):
         chunk = members[start : start + JOBS_PER_SCRIPT]
         values = [value for _, call in chunk for value in _own_fields(job, call).values()]
-        _save_jobs_script(
+        save_jobs(
             keys=[f"{queue.key}:bulk:{uuid4().hex}", *(CatalogJob.key_for(job_id) for job_id, _ in chunk)],
             args=[len(shared), *shared, len(names), *names, *values],
             client=pipeline,

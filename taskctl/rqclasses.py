@@ -15,12 +15,12 @@ from typing import Any
 
 import rq
 from redis import Redis
-from redis.commands.core import Script
 from rq.exceptions import DequeueTimeout, DeserializationError
 from rq.intermediate_queue import IntermediateQueue
 from rq.serializers import JSONSerializer
 
 from taskctl.catalog import get_catalog
+from taskctl.connection import lua
 from taskctl.exceptions import JobNotAllowedError, PermanentError, UnreadableJobError
 
 #: Failures that another try cannot fix: they go straight to the failed jobs.
@@ -126,17 +126,6 @@ def wakeup_key(queue_key: str) -> str:
     return f"{queue_key}:wakeup"
 
 
-_claim_script: Script | None = None
-
-
-def _claim(connection: Redis) -> Script:
-    """The claim script, registered once per process (redis-py loads it on the server when missing)."""
-    global _claim_script
-    if _claim_script is None:
-        _claim_script = connection.register_script(CLAIM_SCRIPT)
-    return _claim_script
-
-
 class Queue(rq.Queue):
     job_class = CatalogJob
 
@@ -189,7 +178,9 @@ class Queue(rq.Queue):
         wakeup_keys = [wakeup_key(key) for key in keys]
         waited = 0.0
         while True:
-            claimed = _claim(connection)(keys=keys, args=[CatalogJob.redis_job_namespace_prefix], client=connection)
+            claimed = lua(connection, CLAIM_SCRIPT)(
+                keys=keys, args=[CatalogJob.redis_job_namespace_prefix], client=connection
+            )
             if claimed:
                 queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in claimed[:2])
                 if not claimed[2]:  # the job hash is gone
