@@ -64,7 +64,7 @@ PR_SET_PDEATHSIG = 1
 #: How `rq worker-pool` names its workers (random hex); taskctl names them after host and pid.
 _POOL_NAME = re.compile(r"[0-9a-f]{32}")
 #: Seconds past its timeout before a job that swallowed the timeout is ended with the process running it.
-HORSE_TIMEOUT_GRACE = 3
+OVERRUN_GRACE = 3
 #: Seconds by which the worker's key must outlive the longest idle wait for a heartbeat to be skipped.
 HEARTBEAT_MARGIN = 5
 
@@ -333,7 +333,7 @@ class _JobMonitor(threading.Thread):
                 continue
             job, queue, since = running
             now = time.monotonic()
-            overrun = job.timeout and job.timeout > 0 and now - since > job.timeout + HORSE_TIMEOUT_GRACE
+            overrun = job.timeout and job.timeout > 0 and now - since > job.timeout + OVERRUN_GRACE
             if overrun and self._running is running:
                 self._end_overrun(job, queue)
             execution = self.worker.execution
@@ -382,7 +382,7 @@ class ForkingWorker(_Worker, rq.Worker):
             # RQ stops an overrunning job by raising JobTimeoutException in it; a job
             # that catches every exception swallows that, and RQ's worker would let it
             # run 60 s more. This ends the work-horse itself a few seconds after the timeout.
-            watchdog = threading.Timer(job.timeout + HORSE_TIMEOUT_GRACE, _overran, args=(job.id, job.timeout))
+            watchdog = threading.Timer(job.timeout + OVERRUN_GRACE, _overran, args=(job.id, job.timeout))
             watchdog.daemon = True
             watchdog.start()
         super().main_work_horse(job, queue)
