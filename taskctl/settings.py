@@ -47,7 +47,7 @@ class Settings:
     job_monitoring_interval: int = 5
     heartbeat_grace: int = 10
     maintenance_interval: int = 10
-    # Address space a job may use, in MiB (0: no limit): past it the job fails with MemoryError.
+    # Address space a job may add to its process, in MiB (0: no limit): past it the job fails with MemoryError.
     job_memory_limit_mb: int = 0
     # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and
     # how many replicas must confirm each enqueue (Redis WAIT) before it counts as done.
