@@ -343,10 +343,11 @@ def list_workers() -> None:
         click.echo("No live workers.")
         return
     _table(
-        ("WORKER", "HOST", "PID", "STATE", "QUEUES", "CURRENT JOB", "LAST HEARTBEAT"),
+        ("WORKER", "KIND", "HOST", "PID", "STATE", "QUEUES", "CURRENT JOB", "LAST HEARTBEAT"),
         [
             (
                 w.name,
+                "taskctl" if w.taskctl else "NOT TASKCTL",
                 w.hostname,
                 w.pid or "-",
                 w.state,
@@ -357,16 +358,26 @@ def list_workers() -> None:
             for w in found
         ],
     )
+    foreign = sum(1 for w in found if not w.taskctl)
+    if foreign:
+        click.echo(
+            f"\n{foreign} worker(s) marked NOT TASKCTL fail taskctl's jobs and would run any function a job names; "
+            "`taskctl doctor` says how to replace them."
+        )
 
 
 @main.command()
 def doctor() -> None:
-    """Check Redis for what the guarantees assume: no eviction, persistence, version. Exit 1 on a problem."""
+    """Check Redis and its workers for what the guarantees assume. Exit 1 on a problem.
+
+    Redis: no eviction, persistence, version. Workers: every live one is taskctl's.
+    """
     from taskctl.connection import connect
-    from taskctl.doctor import check_redis
+    from taskctl.doctor import check_redis, check_workers
     from taskctl.settings import get_settings
 
-    findings = check_redis(connect())
+    connection = connect()
+    findings = check_redis(connection) + check_workers(connection)
     click.echo(f"Redis at {get_settings().redis_url_masked}")
     for finding in findings:
         click.echo(f"  [{finding.level}] {finding.subject}: {finding.message}")

@@ -36,11 +36,26 @@ def install(extra: str | None) -> None:
     spec = f".[{extra}]" if extra else "."
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + spec.encode()).hexdigest()
     stamp = VENV / f".installed-{extra or 'base'}"
-    if stamp.exists() and stamp.read_text() == digest:
-        return
-    run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", spec)
-    stamp.write_text(digest)
+    if not (stamp.exists() and stamp.read_text() == digest):
+        run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", spec)
+        stamp.write_text(digest)
+    install_pth()
+
+
+def install_pth() -> None:
+    """Put taskctl_rq.pth into .venv's site-packages, as a wheel of taskctl does (see setup.py).
+
+    An editable install carries only the packages; without this file the plain
+    `rq worker` of .venv would be RQ's stock worker.
+    """
+    site_packages = subprocess.run(
+        [str(BIN / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    source, target = ROOT / "taskctl_rq.pth", Path(site_packages) / "taskctl_rq.pth"
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        target.write_bytes(source.read_bytes())
 
 
 def main(argv: list[str]) -> int:

@@ -39,9 +39,10 @@ WORKERS = 2
 def worker_command(system: str, url: str, processes: int = WORKERS) -> list[str]:
     rq = [str(BIN / "rq"), "worker", "-u", url, "--logging_level", "WARNING"]
     return {
-        "taskctl": [str(BIN / "rq"), "worker-pool", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker",
-                    "-n", str(processes), "--logging-level", "WARNING", "default"],
-        "rq worker": [*rq, "default"],
+        # As shipped: the plain command is taskctl's where taskctl is installed (taskctl_rq.pth).
+        "taskctl": [str(BIN / "rq"), "worker-pool", "-n", str(processes), "--logging-level", "WARNING", "default"],
+        # Stock RQ must be asked for by name in this environment.
+        "rq worker": [*rq, "-w", "rq.worker.Worker", "default"],
         "rq SimpleWorker": [*rq, "-w", "rq.SimpleWorker", "default"],
         "celery prefork": [str(BIN / "celery"), "-A", "bench.celery_app", "worker", "-c", str(processes),
                            "--pool=prefork", "-l", "WARNING", "--without-gossip", "--without-mingle",

@@ -1,9 +1,10 @@
-"""Checks of the Redis that taskctl runs on, for the settings its guarantees assume.
+"""Checks of the Redis that taskctl runs on, and of the workers on it, for what its guarantees assume.
 
 A Redis with an eviction policy drops job hashes and queue entries without an
 error when memory runs out; one without persistence loses every queued job when
 it restarts. Workers, the scheduler and the web process warn about both when
-they start; ``taskctl doctor`` reports them with the Redis version.
+they start; ``taskctl doctor`` reports them with the Redis version, and names
+every worker on that Redis that is not taskctl's (``taskctl.foreign``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from taskctl.foreign import HOW_TO_START_ONE, WHAT_IT_DOES_WRONG, foreign_workers
+
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "ok", "warning" or "unknown"
+    level: str  # "ok", "warning", "unknown" or "error"
     subject: str
     message: str
 
@@ -64,6 +67,17 @@ def check_redis(connection: Redis) -> list[Finding]:
         )
     )
     return findings
+
+
+def check_workers(connection: Redis) -> list[Finding]:
+    """An error for each live worker that is not taskctl's; one "ok" line when there is none."""
+    foreign = foreign_workers(connection)
+    if not foreign:
+        return [Finding("ok", "workers", "every live worker is taskctl's")]
+    return [
+        Finding("error", f"worker {w.name}", f"{w.describe()}: {WHAT_IT_DOES_WRONG}; {HOW_TO_START_ONE}")
+        for w in foreign
+    ]
 
 
 def warn_if_unsafe(connection: Redis, log: logging.Logger) -> None:

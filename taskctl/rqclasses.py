@@ -31,8 +31,16 @@ FAILED_RUNS = "failed_runs"
 CHORD_SOURCES = "chord_sources"
 #: Why a job whose data is not JSON is refused, wherever that is found.
 UNREADABLE_DATA = "unreadable job data (not JSON): something other than taskctl wrote this job; it is never run"
+#: What a job's meta reads as when it is not JSON (someone other than taskctl wrote it).
+UNREADABLE_META = {"unreadable": "meta is not JSON: something other than taskctl wrote it"}
 #: Job meta key saying why a job was canceled by taskctl (a step before it failed).
 CANCELED_BECAUSE = "canceled_because"
+#: Job meta key set when a failure spent all the job's retries at once (a permanent error).
+RETRIES_WAIVED = "retries_waived"
+#: Job hash field counting the runs taskctl's workers started. Every taskctl run is counted
+#: when it starts, so retries spent beyond it were spent by runs of other workers (see
+#: ``retries_owed``). RQ and its tools ignore fields they do not know.
+TASKCTL_RUNS = "taskctl_runs"
 
 
 class CatalogJob(rq.job.Job):
@@ -42,6 +50,28 @@ class CatalogJob(rq.job.Job):
         # Whatever serializer the caller passes (stock `rq worker` passes pickle),
         # job data is JSON: unpickling data from Redis would run code.
         super().__init__(id, connection=connection, serializer=JSONSerializer)
+        self.taskctl_runs = 0
+
+    def restore(self, raw_data: Any) -> Any:
+        restored = super().restore(raw_data)
+        if self._unreadable_meta is not None:
+            # RQ keeps meta it cannot read as a placeholder holding the raw bytes, which it
+            # writes back as they were; once taskctl adds to meta (a failed run's count),
+            # that write fails and takes the worker down. Meta is JSON, or replaced by JSON.
+            self.meta, self._unreadable_meta = dict(UNREADABLE_META), None
+        runs = raw_data.get(TASKCTL_RUNS.encode(), raw_data.get(TASKCTL_RUNS))
+        self.taskctl_runs = int(runs) if runs else 0
+        return restored
+
+    def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
+        # In RQ's start-of-job pipeline: no round trip of its own.
+        owed = retries_owed(self)
+        if owed:
+            self.retries_left = (self.retries_left or 0) + owed
+            pipeline.hset(self.key, "retries_left", self.retries_left)
+        super().prepare_for_execution(worker_name, pipeline)
+        self.taskctl_runs += 1
+        pipeline.hincrby(self.key, TASKCTL_RUNS, 1)
 
     @property
     def func_name(self) -> str:
@@ -75,7 +105,7 @@ class CatalogJob(rq.job.Job):
         try:
             return dict(super().get_meta(refresh))
         except (ValueError, TypeError):
-            self.meta = {"unreadable": "meta is not JSON: something other than taskctl wrote it"}
+            self.meta = dict(UNREADABLE_META)
             return self.meta
 
     @property
@@ -101,6 +131,20 @@ class CatalogJob(rq.job.Job):
     def _results_of(self, job_ids: list[str]) -> list[Any]:
         jobs = self.fetch_many(job_ids, connection=self.connection)
         return [job.return_value() if job is not None else None for job in jobs]
+
+
+def retries_owed(job: CatalogJob) -> int:
+    """Retries the job spent on runs that no taskctl worker started: a worker that could not read it.
+
+    Each retry is spent by a run that ended (or was abandoned), and every run of
+    taskctl's is counted when it starts, so the retries spent beyond that count
+    were spent by other workers. Never more than that: a run taskctl started, and
+    a permanent error that spent every retry at once, are never given back.
+    """
+    if job.retries_left is None or not job.retry_intervals or job.meta.get(RETRIES_WAIVED):
+        return 0
+    spent = len(job.retry_intervals) - job.retries_left
+    return max(0, spent - job.taskctl_runs)
 
 
 #: Take the first job of the first non-empty queue, moving it into that queue's

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from redis import Redis
 from rq.utils import str_to_date
 
+from taskctl.foreign import taskctl_worker_names
 from taskctl.rqclasses import Queue
 from taskctl.settings import Settings
 from taskctl.worker import Worker
@@ -44,6 +45,8 @@ class WorkerInfo:
     queues: tuple[str, ...]
     current_job_id: str | None
     last_heartbeat: datetime | None
+    taskctl: bool
+    """False for a worker that is not taskctl's: it fails taskctl's jobs (see taskctl.foreign)."""
 
 
 def queue_stats(connection: Redis, settings: Settings) -> list[QueueStats]:
@@ -88,6 +91,8 @@ def scheduler_stats(connection: Redis) -> SchedulerStats:
 
 
 def workers(connection: Redis) -> list[WorkerInfo]:
+    found = sorted(Worker.all(connection=connection), key=lambda w: w.name)
+    ours = taskctl_worker_names(connection, [w.name for w in found])
     return [
         WorkerInfo(
             name=w.name,
@@ -97,6 +102,7 @@ def workers(connection: Redis) -> list[WorkerInfo]:
             queues=tuple(w.queue_names()),
             current_job_id=w.get_current_job_id(),
             last_heartbeat=w.last_heartbeat,
+            taskctl=w.name in ours,
         )
-        for w in sorted(Worker.all(connection=connection), key=lambda w: w.name)
+        for w in found
     ]

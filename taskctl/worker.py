@@ -57,7 +57,16 @@ from rq.timeouts import JobTimeoutException
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
-from taskctl.rqclasses import FAILED_RUNS, NOT_RETRIED, UNREADABLE_DATA, CatalogJob, Queue, cancel_dependents
+from taskctl.foreign import WORKER_MARK, fleet_pass
+from taskctl.rqclasses import (
+    FAILED_RUNS,
+    NOT_RETRIED,
+    RETRIES_WAIVED,
+    UNREADABLE_DATA,
+    CatalogJob,
+    Queue,
+    cancel_dependents,
+)
 from taskctl.settings import get_settings
 
 PR_SET_PDEATHSIG = 1
@@ -147,8 +156,9 @@ class _Worker(rq.worker.BaseWorker):
         if kwargs.get("maintenance_interval", DEFAULT_MAINTENANCE_TASK_INTERVAL) == DEFAULT_MAINTENANCE_TASK_INTERVAL:
             kwargs["maintenance_interval"] = settings.maintenance_interval
         # Named after the host, so that `taskctl queues` and the dashboard tell hosts apart
-        # (`rq worker-pool` names its workers with random hex: replaced too).
-        if not name or _POOL_NAME.fullmatch(name):
+        # (`rq worker-pool` names its workers with random hex: replaced too). Not a worker
+        # that RQ builds to read another's hash (Worker.all, prepare_for_work=False).
+        if kwargs.get("prepare_for_work", True) and (not name or _POOL_NAME.fullmatch(name)):
             name = f"{socket.gethostname()}.{os.getpid()}"
         given = [queues] if isinstance(queues, (str, rq.Queue)) else list(queues)
         connection = kwargs.get("connection")
@@ -214,6 +224,21 @@ class _Worker(rq.worker.BaseWorker):
 
     def run_maintenance_tasks(self) -> None:
         self._through_outages(super().run_maintenance_tasks)
+        settings = get_settings()
+        self._through_outages(
+            fleet_pass, self.connection, self.queue_names(), self.maintenance_interval, settings.failure_ttl, self.log
+        )
+
+    def serialize(self) -> dict[str, Any]:
+        # RQ's worker hash, plus what this worker is: so that workers that are not
+        # taskctl's can be told apart (taskctl.foreign). RQ's tools ignore the field.
+        return {**super().serialize(), WORKER_MARK: f"{type(self).__module__}.{type(self).__qualname__}"}
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        # Retries wait out their backoff in RQ's scheduled registry, which only a
+        # worker's scheduler empties: the plain `rq worker high default` must run one.
+        kwargs["with_scheduler"] = True
+        return bool(super().work(*args, **kwargs))
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ sends a heartbeat (three commands, one round trip) three to four times per
@@ -250,9 +275,10 @@ class _Worker(rq.worker.BaseWorker):
         # RQ calls this with the job's exception just before it decides on a retry:
         # count the failed run, and let a permanent error spend no retry.
         job.meta[FAILED_RUNS] = int(job.meta.get(FAILED_RUNS, 0)) + 1
-        job.save_meta()  # type: ignore[no-untyped-call]  # one HSET, on failures only
         if isinstance(exc_info[1], NOT_RETRIED):
             job.retries_left = 0
+            job.meta[RETRIES_WAIVED] = True  # spent by taskctl: never given back (retries_owed)
+        job.save_meta()  # type: ignore[no-untyped-call]  # one HSET, on failures only
         if isinstance(job, CatalogJob) and not job.readable:
             # RQ's version logs the job's function and arguments, which cannot be read.
             self.log.error("Worker %s: job %s: %s", self.name, job.id, UNREADABLE_DATA)

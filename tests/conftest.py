@@ -200,3 +200,21 @@ def web(configured: str) -> Iterator[Callable[..., str]]:
     yield launch
     for process in started:
         stop(process)
+
+
+def stock_worker(url: str, *extra: str) -> list[str]:
+    """RQ's own worker, named explicitly: what a stock `rq worker` outside taskctl's environment runs."""
+    return [str(BIN / "rq"), "worker", "-w", "rq.worker.Worker", "-u", url, "high", "default", "low", *extra]
+
+
+@pytest.fixture
+def running_stock_worker(configured: str, redis: Redis) -> Iterator[subprocess.Popen[str]]:
+    """A stock RQ worker on the test's Redis, registered, until the test ends."""
+    process = subprocess.Popen(stock_worker(configured), env=dict(os.environ), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not any(redis.hget(key, "pid") == str(process.pid).encode() for key in redis.smembers("rq:workers")):
+        assert process.poll() is None and time.monotonic() < deadline, "the stock worker did not register"
+        time.sleep(0.1)
+    yield process
+    stop(process)

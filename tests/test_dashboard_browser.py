@@ -161,3 +161,19 @@ def test_hostile_job_data_shows_as_text_and_never_runs(web: Callable[..., str], 
         page.wait_for_function("document.body.innerText.includes('window.__xss')")
         assert page.evaluate("window.__xss") is None, path
     screenshot(page, "hostile-data")
+
+
+def test_the_workers_page_marks_a_worker_that_is_not_taskctls(
+    web: Callable[..., str], page: Any, worker: Any, running_stock_worker: Any
+) -> None:
+    base = web()
+
+    page.goto(base + "/0/view/workers")
+    rows = page.locator("#workers tr[data-role=worker]")
+    page.wait_for_function("document.querySelectorAll('#workers tr[data-role=worker]').length == 2")
+    screenshot(page, "workers-with-a-stock-worker")
+
+    texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+    marked = [text for text in texts if "NOT A TASKCTL WORKER" in text]
+    assert len(marked) == 1, texts
+    assert "it fails taskctl's jobs; see taskctl doctor" in marked[0]

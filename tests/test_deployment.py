@@ -42,7 +42,8 @@ def test_workers_of_three_hosts_share_a_queue_and_losing_one_host_loses_nothing(
             listing = taskctl("workers").output
             time.sleep(0.2)
         lines = listing.splitlines()
-        assert lines[0].split()[:3] == ["WORKER", "HOST", "PID"]
+        assert lines[0].split()[:4] == ["WORKER", "KIND", "HOST", "PID"]
+        assert {line.split()[1] for line in lines[1:]} == {"taskctl"}
         assert {line.split()[0] for line in lines[1:]} == {
             f"{h}.{n}" for h in ("host-a", "host-b", "host-c") for n in range(2)
         }
@@ -90,15 +91,16 @@ def test_every_procfile_process_has_a_systemd_unit_with_the_same_command() -> No
         line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if re.match(r"^\w+:", line)
     )
     units = {unit.name: unit.read_text() for unit in (DEPLOY / "systemd").glob("*.service")}
-    worker = "rq worker -c taskctl.rqconfig -w taskctl.worker.Worker --with-scheduler"
-    pool = "rq worker-pool -c taskctl.rqconfig -w taskctl.worker.Worker -n 2"
+    # The plain commands, as users type them: installing taskctl makes them taskctl's (taskctl_rq.pth).
+    worker = "rq worker"
+    pool = "rq worker-pool -n 2"
     assert procfile["worker"].strip() == pool
     for process, unit in (("worker", "taskctl-worker@.service"), ("scheduler", "taskctl-scheduler.service"),
                           ("web", "taskctl-web.service")):  # fmt: skip
         command = worker if process == "worker" else procfile[process].strip()
         exec_start = re.search(r"^ExecStart=/opt/taskctl/\.venv/bin/(.*)$", units[unit], re.M)
         assert exec_start is not None
-        assert exec_start.group(1).startswith(command), (process, command, exec_start.group(1))
+        assert exec_start.group(1) == command, (process, command, exec_start.group(1))
         assert "Restart=always" in units[unit] and "KillSignal=SIGTERM" in units[unit]
     container = (DEPLOY / "Containerfile").read_text()
-    assert '"rq", "worker-pool", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker", "-n", "2"' in container
+    assert 'CMD ["rq", "worker-pool", "-n", "2"]' in container

@@ -1,35 +1,17 @@
-"""The stock `rq worker` command, configured only by taskctl's settings."""
+"""The stock `rq worker` command, configured only by taskctl's settings (see also test_plain_worker)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
-from redis import Redis
-from rq import Queue
-from rq.serializers import JSONSerializer
 
 from tests.conftest import BIN, ROOT, taskctl
 from tests.test_enqueue_cli import job_id_from
-
-
-def test_plain_rq_worker_high_default_low_works_with_rq_config_and_worker_class_in_the_environment(
-    configured: str, tmp_path: Path
-) -> None:
-    job_id = job_id_from(taskctl("enqueue", "add", "5", "6").output)
-    marker = tmp_path / "pwned"
-    planted = Queue("default", connection=Redis.from_url(configured), serializer=JSONSerializer)
-    refused = planted.enqueue_call("os.system", args=(f"touch {marker}",))
-    env = dict(os.environ, RQ_CONFIG="taskctl.rqconfig", RQ_WORKER_CLASS="taskctl.worker.Worker")
-
-    subprocess.run([str(BIN / "rq"), "worker", "high", "default", "low", "--burst"],
-                   env=env, cwd=ROOT, timeout=60, check=True, capture_output=True)  # fmt: skip
-
-    assert taskctl("result", job_id).output == "11\n"
-    assert "is not an allowed job" in taskctl("status", refused.id).output
-    assert not marker.exists()
 
 
 def test_the_worker_reads_redis_url_from_a_dotenv_file(
@@ -41,7 +23,23 @@ def test_the_worker_reads_redis_url_from_a_dotenv_file(
     (project / ".env").write_text(f"REDIS_URL={configured}\n")
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
 
-    subprocess.run([str(BIN / "rq"), "worker", "-c", "taskctl.rqconfig", "-w", "taskctl.worker.Worker", "--burst"],
-                   env=env, cwd=project, timeout=60, check=True, capture_output=True)  # fmt: skip
+    subprocess.run([str(BIN / "rq"), "worker", "--burst"], env=env, cwd=project, timeout=60, check=True,
+                   capture_output=True)  # fmt: skip
 
     assert taskctl("result", job_id).output == "3\n"
+
+
+def test_the_container_images_install_carries_the_pth_file_that_makes_plain_rq_taskctls(tmp_path: Path) -> None:
+    """The files the Containerfile copies, installed as it installs them (a wheel), include taskctl_rq.pth."""
+    context = tmp_path / "context"
+    context.mkdir()
+    copied = [line.split()[1:-1] for line in (ROOT / "deploy" / "Containerfile").read_text().splitlines()
+              if line.startswith("COPY ")]  # fmt: skip
+    for name in (name for names in copied for name in names):
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, context / name)
+    build = [str(BIN / "python"), "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(context)]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("taskctl-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("taskctl_rq.pth") == (ROOT / "taskctl_rq.pth").read_bytes()

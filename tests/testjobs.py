@@ -150,3 +150,12 @@ def stubborn(seconds: float) -> str:
 def planted_callback(*args: Any) -> None:
     """Not a job: what someone with Redis access might name as a job's callback."""
     Path(os.environ["TASKCTL_DATA_DIR"], "callback-ran").touch()
+
+
+@job(retries=0)
+def undecodable(log: str) -> None:
+    """Log the run, then raise RQ's DeserializationError from the job's own code: a real failure all the same."""
+    from rq.exceptions import DeserializationError
+
+    _append(log, f"undecodable {time.time()}\n")
+    raise DeserializationError("the job's own data could not be decoded")

@@ -24,6 +24,7 @@ from rq.job import requeue_job
 from rq.serializers import JSONSerializer
 
 from taskctl.connection import REDIS_DOWN_ERRORS, get_redis
+from taskctl.foreign import taskctl_worker_names
 from taskctl.rqclasses import CatalogJob
 from taskctl.settings import Settings, get_settings, mask_url
 from taskctl.web.metrics import registry_for
@@ -78,7 +79,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         # rq-dashboard's pages insert these values with unescaped templates (`<%= %>`):
         # escaped here, a job's arguments, description, meta or traceback show as text.
         if request.endpoint in DATA_ENDPOINTS and response.is_json:
-            response.set_data(json.dumps(_escaped(response.get_json())))
+            data = response.get_json()
+            if request.endpoint == "rq_dashboard.list_workers":
+                _mark_foreign(data.get("workers", []))
+            response.set_data(json.dumps(_escaped(data)))
         return response
 
     return app
@@ -88,6 +92,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 DATA_ENDPOINTS = frozenset(
     {"rq_dashboard.list_queues", "rq_dashboard.list_jobs", "rq_dashboard.job_info", "rq_dashboard.list_workers"}
 )
+
+
+#: Shown after the name of a worker that is not taskctl's, on the Workers page.
+FOREIGN_MARK = "NOT A TASKCTL WORKER: it fails taskctl's jobs; see taskctl doctor"
+
+
+def _mark_foreign(workers: list[dict[str, Any]]) -> None:
+    ours = taskctl_worker_names(_redis(), [str(w.get("name")) for w in workers])
+    for worker in workers:
+        if worker.get("name") not in ours:
+            worker["name"] = f"{worker.get('name')} ({FOREIGN_MARK})"
 
 
 def _escaped(value: Any) -> Any:
