@@ -277,8 +277,18 @@ def queues() -> None:
     click.echo(f"\nWorkers: {len(found)}")
     if found:
         _table(
-            ("WORKER", "STATE", "QUEUES", "CURRENT JOB", "LAST HEARTBEAT"),
-            [(w.name, w.state, ",".join(w.queues), w.current_job_id or "-", _time(w.last_heartbeat)) for w in found],
+            ("WORKER", "KIND", "STATE", "QUEUES", "CURRENT JOB", "LAST HEARTBEAT"),
+            [
+                (
+                    w.name,
+                    _kind(w.taskctl),
+                    w.state,
+                    ",".join(w.queues),
+                    w.current_job_id or "-",
+                    _time(w.last_heartbeat),
+                )
+                for w in found
+            ],
         )
 
 
@@ -347,7 +357,7 @@ def list_workers() -> None:
         [
             (
                 w.name,
-                "taskctl" if w.taskctl else "NOT TASKCTL",
+                _kind(w.taskctl),
                 w.hostname,
                 w.pid or "-",
                 w.state,
@@ -364,6 +374,10 @@ def list_workers() -> None:
             f"\n{foreign} worker(s) marked NOT TASKCTL fail taskctl's jobs and would run any function a job names; "
             "`taskctl doctor` says how to replace them."
         )
+
+
+def _kind(taskctl: bool) -> str:
+    return "taskctl" if taskctl else "NOT TASKCTL"
 
 
 @main.command()

@@ -114,7 +114,7 @@ def test_queues_shows_counts_per_queue_and_live_workers(worker: object, redis: R
     default = lines[2].split()
     assert default[0] == "default" and default[3:5] == ["1", "1"]
     assert "Workers: 1" in result.output
-    assert re.search(r"^\S+\.\d+\s+(idle|busy)\s+high,default,low\s", result.output, re.M)
+    assert re.search(r"^\S+\.\d+\s+taskctl\s+(idle|busy)\s+high,default,low\s", result.output, re.M)
 
 
 def test_workers_refuse_a_job_that_names_a_function_outside_the_catalog(
