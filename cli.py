@@ -487,7 +487,7 @@ def schedules(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from taskctl.connection import connect
-    from taskctl.scheduler import make_scheduler
+    from taskctl.rqscheduler import make_scheduler
     from taskctl.schedules import load_declarations, scheduled_runs
     from taskctl.settings import get_settings
 
@@ -523,7 +523,7 @@ def schedules(ctx: click.Context) -> None:
 def schedules_sync(dry_run: bool) -> None:
     """Make the schedules in Redis match the declarations: add, change, remove."""
     from taskctl.connection import connect
-    from taskctl.scheduler import local_time_in, make_scheduler
+    from taskctl.rqscheduler import local_time_in, make_scheduler
     from taskctl.schedules import sync
     from taskctl.settings import get_settings
 

@@ -334,7 +334,7 @@ def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:
 
 
 def _schedule(prepared: Prepared, connection: Redis, settings: Settings) -> CatalogJob:
-    from taskctl.scheduler import make_scheduler
+    from taskctl.rqscheduler import make_scheduler
 
     assert prepared.due is not None
     job_id = prepared.job_id

@@ -106,7 +106,7 @@ def cancel(job_id: str, connection: Redis) -> CatalogJob:
     status = job.get_status(refresh=False)
     if status not in CANCELLABLE:
         raise JobStateError(f"job {job_id} is {status.value}; only queued, scheduled or deferred jobs can be cancelled")
-    from taskctl.scheduler import Scheduler
+    from taskctl.rqscheduler import Scheduler
 
     # A delayed job also sits in rq-scheduler's set, which would enqueue it regardless.
     connection.zrem(Scheduler.scheduled_jobs_key, job.id)

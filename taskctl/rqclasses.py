@@ -10,6 +10,7 @@ a loss window (see ``Queue.dequeue_any``); the worker is in ``taskctl.worker``.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +19,7 @@ from redis import Redis
 from rq.exceptions import DequeueTimeout, DeserializationError
 from rq.intermediate_queue import IntermediateQueue
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from taskctl.catalog import get_catalog
 from taskctl.connection import lua
@@ -158,6 +160,55 @@ for _, key in ipairs(KEYS) do
 end
 return false
 """
+#: Seconds a job may sit claimed (in an intermediate list) but not started before it is
+#: given back: a live worker starts its claim within milliseconds.
+CLAIM_GRACE_SECONDS = 5
+#: Give a claimed job back to the front of its queue, if it is still claimed and still not started.
+GIVE_BACK_SCRIPT = """
+if redis.call('HGET', KEYS[3], 'status') ~= 'queued' then return 0 end
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[4], 1)
+return 1
+"""
+
+
+class ClaimedJobs(IntermediateQueue):
+    """A queue's intermediate list: jobs claimed by a worker that has not started them yet.
+
+    RQ gives such a job back only after two maintenance passes a minute apart, and
+    then as a failure (it spends a retry, or fails a job that never ran). Here it
+    goes back to the front of its queue, untouched, once it has been seen claimed
+    and not started for CLAIM_GRACE_SECONDS. The sighting is kept with the job's
+    enqueue time, so that one from an earlier claim never counts for a later one.
+    """
+
+    def cleanup(self, worker: Any, queue: rq.Queue) -> list[str]:  # type: ignore[override]
+        """Give back what a dead worker claimed; return the ids given back."""
+        given_back = []
+        connection = self.connection
+        for job_id in self.get_job_ids():
+            job_key = CatalogJob.key_for(job_id)
+            status, enqueued_at = (as_text(v or b"") for v in connection.hmget(job_key, ("status", "enqueued_at")))
+            if status != "queued":  # started (the start takes it out of here too), deleted, canceled
+                if status != "started":
+                    self.remove(job_id)
+                continue
+            sighting_key = f"{self.key}:claimed:{job_id}"
+            now = time.time()
+            seen_at, _, seen_enqueued = as_text(connection.get(sighting_key) or b"").partition(" ")
+            if not seen_at or seen_enqueued != enqueued_at:
+                connection.set(sighting_key, f"{now} {enqueued_at}", ex=3600)
+                continue
+            if now - float(seen_at) < CLAIM_GRACE_SECONDS:
+                continue
+            keys = [self.key, queue.key, job_key, wakeup_key(queue.key)]
+            if lua(connection, GIVE_BACK_SCRIPT)(keys=keys, args=[job_id], client=connection):
+                given_back.append(job_id)
+            connection.delete(sighting_key)
+        return given_back
+
+
 #: Tokens kept per queue to wake idle workers; they are hints, not jobs, so a lost one costs nothing.
 WAKEUP_TOKENS_KEPT = 100
 #: Longest a (dead) worker can keep the others from cleaning a queue's registries.
@@ -186,6 +237,10 @@ class Queue(rq.Queue):
     @property
     def wakeup_key(self) -> str:
         return wakeup_key(self.key)
+
+    @property
+    def intermediate_queue(self) -> ClaimedJobs:
+        return ClaimedJobs(self.key, connection=self.connection)
 
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
         # In the same round trip as the push itself: a token that wakes an idle worker.

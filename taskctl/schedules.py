@@ -25,7 +25,7 @@ from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.enqueue import describe, resolve_queue, resolve_timeout
 from taskctl.exceptions import ScheduleError, TaskctlError
 from taskctl.rqclasses import CatalogJob
-from taskctl.scheduler import Scheduler
+from taskctl.rqscheduler import Scheduler
 from taskctl.settings import Settings
 from taskctl.when import parse_delay
 

@@ -46,7 +46,7 @@ class Settings:
     # maintenance pass (every maintenance_interval s, by any live worker).
     job_monitoring_interval: int = 5
     heartbeat_grace: int = 10
-    maintenance_interval: int = 10
+    maintenance_interval: int = 5
     # Address space a job may add to its process, in MiB (0: no limit): past it the job fails with MemoryError.
     job_memory_limit_mb: int = 0
     # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and

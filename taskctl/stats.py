@@ -83,7 +83,7 @@ def _head_age(queue: Queue, connection: Redis) -> float:
 
 
 def scheduler_stats(connection: Redis) -> SchedulerStats:
-    from taskctl.scheduler import Scheduler
+    from taskctl.rqscheduler import Scheduler
 
     key = Scheduler.scheduled_jobs_key
     # rq-scheduler enqueues a job once its whole-second time has come; a few seconds late is normal.

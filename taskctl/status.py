@@ -108,7 +108,7 @@ def last_line(traceback: str) -> str:
 
 def scheduled_for(job: CatalogJob) -> datetime | None:
     """When rq-scheduler (delays, periodic jobs) or RQ's scheduler (retry backoff) will enqueue the job."""
-    from taskctl.scheduler import Scheduler
+    from taskctl.rqscheduler import Scheduler
 
     score: float | None = job.connection.zscore(Scheduler.scheduled_jobs_key, job.id)
     if score is not None:

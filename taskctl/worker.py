@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import re
@@ -43,16 +44,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import rq
+import rq.group
 import rq.scheduler
 import rq.utils
 import rq.worker.base
+import rq.worker_registration
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
+from rq.registry import clean_registries as clean_queue_registries
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
+from rq.utils import as_text
 
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
@@ -64,6 +69,7 @@ from taskctl.rqclasses import (
     RETRIES_WAIVED,
     UNREADABLE_DATA,
     CatalogJob,
+    ClaimedJobs,
     Queue,
     cancel_dependents,
 )
@@ -177,8 +183,11 @@ class _Worker(rq.worker.BaseWorker):
         self.job_memory_limit_mb = settings.job_memory_limit_mb
         super().__init__(rebuilt, name, *args, **kwargs)
         # One line per job started and one per job ended is the log; RQ's third
-        # ("result is kept for 500 seconds") says what the settings say, per job.
+        # ("result is kept for 500 seconds") says what the settings say, per job, and its
+        # fourth ("Successfully completed ...") says again what "Job OK" says.
         self.log_result_lifespan = False
+        if _SECOND_END_LINE not in self.log.filters:
+            self.log.addFilter(_SECOND_END_LINE)
         if kwargs.get("prepare_for_work", True):
             warn_if_unsafe(self.connection, self.log)
 
@@ -221,6 +230,36 @@ class _Worker(rq.worker.BaseWorker):
         if time.monotonic() - self._suspension_checked_at >= 1:
             self._through_outages(super().check_for_suspension, burst)
             self._suspension_checked_at = time.monotonic()
+
+    def clean_registries(self) -> None:
+        # RQ's pass, without its line per queue per pass (an idle fleet logged thousands of
+        # lines an hour of nothing) and with one line per job it recovered instead of RQ's.
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():
+                continue
+            try:
+                abandoned = _abandoned_runs(queue)
+                with _silenced("rq.job", "rq.registry"):
+                    clean_queue_registries(queue, self._exc_handlers)
+                rq.worker_registration.clean_worker_registry(queue)
+                given_back = ClaimedJobs(queue.key, connection=self.connection).cleanup(self, queue)
+            finally:
+                queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+            for job_id, worker_name in abandoned.items():
+                self.log.warning("job %s: its worker %s stopped heartbeating; %s", job_id, worker_name,
+                                 _what_became_of(queue, job_id))  # fmt: skip
+            for job_id in given_back:
+                self.log.warning(
+                    "job %s: claimed by a worker that stopped before starting it; back at the front of %s",
+                    job_id,
+                    queue.name,
+                )
+        self.last_cleaned_at = rq.utils.now()  # type: ignore[assignment]
+
+    def clean_group_registries(self) -> None:
+        # RQ's, without its line per pass.
+        if rq.group.Group.acquire_maintenance_lock(self.connection, max(int(self.maintenance_interval) - 1, 1)):
+            rq.group.Group.clean_registries(connection=self.connection)
 
     def run_maintenance_tasks(self) -> None:
         self._through_outages(super().run_maintenance_tasks)
@@ -422,6 +461,67 @@ class ForkingWorker(_Worker, rq.Worker):
                     os.waitpid(self._horse_pid, 0)
                 self._horse_pid = 0
             self._job_lost_redis(job, exc)
+
+
+def _abandoned_runs(queue: rq.Queue) -> dict[str, str]:
+    """The runs whose heartbeat has expired, which the registry cleanup is about to recover: id -> worker."""
+    job_ids = queue.started_job_registry.get_expired_job_ids()
+    if not job_ids:
+        return {}
+    with queue.connection.pipeline(transaction=False) as pipeline:
+        for job_id in job_ids:
+            pipeline.hmget(CatalogJob.key_for(job_id), ("status", "worker_name"))
+        rows = pipeline.execute()
+    return {
+        job_id: as_text(worker or b"?") for job_id, (status, worker) in zip(job_ids, rows, strict=True)
+        if status == b"started"
+    }  # fmt: skip
+
+
+def _what_became_of(queue: rq.Queue, job_id: str) -> str:
+    status, retries_left = (
+        as_text(v or b"") for v in queue.connection.hmget(CatalogJob.key_for(job_id), ("status", "retries_left"))
+    )
+    if status in ("queued", "scheduled"):
+        return f"retried ({retries_left or 0} retries left)"
+    if status == "failed":
+        return "failed as abandoned (no retries left)"
+    return f"now {status or 'gone'}"
+
+
+class _ThreadFilter(logging.Filter):
+    """Drops the records of the threads listed, for as long as they are listed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread not in self.threads
+
+
+_SILENCER = _ThreadFilter()
+
+
+class _SecondEndLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Successfully completed"))
+
+
+_SECOND_END_LINE = _SecondEndLine()
+
+
+@contextlib.contextmanager
+def _silenced(*loggers: str) -> Iterator[None]:
+    """Silence these loggers in this thread only, while the block runs (a job's own lines go on)."""
+    for name in loggers:
+        if _SILENCER not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_SILENCER)
+    _SILENCER.threads.add(threading.get_ident())
+    try:
+        yield
+    finally:
+        _SILENCER.threads.discard(threading.get_ident())
 
 
 def limit_address_space(megabytes: int) -> None:

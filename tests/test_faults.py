@@ -8,9 +8,11 @@ Run alone with ``pytest -m faults``; ``--soak N`` multiplies the sizes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +25,9 @@ import pytest
 from redis import Redis
 
 from taskctl.bulk import read_calls
+from taskctl.connection import lua
 from taskctl.enqueue import enqueue_many
-from taskctl.rqclasses import CatalogJob
+from taskctl.rqclasses import CLAIM_GRACE_SECONDS, CLAIM_SCRIPT, CatalogJob
 from taskctl.stack import redis_server, stop
 from tests.conftest import (
     BIN,
@@ -253,14 +256,22 @@ def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
     assert horse.pid == victim.pid  # the default worker runs the job itself
     victim.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
-    workers()  # another worker, which does the recovery
-
-    final = wait_until_final(redis, [job_id], timeout=90)
-    recovered_after = time.monotonic() - killed_at
+    output = tmp_path / "recovering-worker.log"
+    with open(output, "w") as sink:  # another worker, which does the recovery
+        recovering = subprocess.Popen(worker_command(), env=dict(os.environ), cwd=ROOT, stdout=sink,
+                                      stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        final = wait_until_final(redis, [job_id], timeout=90)
+        recovered_after = time.monotonic() - killed_at
+    finally:
+        stop(recovering)
 
     assert final[job_id] == "finished"
     starts = [line for line in log.read_text().splitlines() if line.startswith("start")]
     assert len(starts) == 2  # killed once, run again
+    recovery = [line for line in output.read_text().splitlines() if job_id in line and "heartbeat" in line]
+    assert len(recovery) == 1, output.read_text()  # one line: the job, its dead worker, what was done
+    assert f"its worker {worker_name(victim.pid)} stopped heartbeating; retried (4 retries left)" in recovery[0]
     SUMMARIES.append(f"whole worker SIGKILL: job retried and finished {recovered_after:.0f} s after the kill")
     assert recovered_after < 60
 
@@ -461,3 +472,173 @@ def test_in_process_a_job_out_of_memory_fails_and_a_crash_is_recovered_while_the
     SUMMARIES.append(
         "fault 5, in-process: MemoryError failed alone; the segfault's job failed as abandoned, the pool went on"
     )
+
+
+#: The recovery bound the README states: a dead worker's jobs are retried or failed within this.
+RECOVERY_BOUND = 30.0
+KILL_KINDS = ("pool parent", "pool worker", "pool parent and worker at once",
+              "whole forking worker", "forking main process", "work-horse")  # fmt: skip
+
+
+def worker_name(pid: int) -> str:
+    """How taskctl names a worker process: its host and pid."""
+    return f"{socket.gethostname()}.{pid}"
+
+
+@dataclass
+class InFlight:
+    """A job a killed process held, and what it takes for it to count as recovered."""
+
+    job_id: str
+    kind: str
+    killed_at: float
+    dead_worker: str | None  # started by this worker: recovered once no longer started by it
+    recovered_after: float | None = None
+
+
+def in_flight(redis: Redis, ids: list[str], dead: set[str], kind: str, killed_at: float) -> list[InFlight]:
+    """The runs of the dead workers, and every claimed-but-not-started job (a dead worker's claim among them)."""
+    with redis.pipeline() as pipeline:
+        for job_id in ids:
+            pipeline.hmget(CatalogJob.redis_job_namespace_prefix + job_id, ("status", "worker_name"))
+        rows = pipeline.execute()
+    held = [
+        InFlight(job_id, kind, killed_at, worker.decode())
+        for job_id, (status, worker) in zip(ids, rows, strict=True)
+        if status == b"started" and worker and worker.decode() in dead
+    ]
+    claimed = {
+        i.decode() for q in ("high", "default", "low") for i in redis.lrange(f"rq:queue:{q}:intermediate", 0, -1)
+    }
+    return held + [InFlight(job_id, kind, killed_at, None) for job_id in sorted(claimed)]
+
+
+def settle(redis: Redis, pending: list[InFlight], now: float) -> None:
+    """Mark the jobs that are recovered as of now: no longer started by their dead worker, no longer claimed."""
+    claimed = {
+        i.decode() for q in ("high", "default", "low") for i in redis.lrange(f"rq:queue:{q}:intermediate", 0, -1)
+    }
+    with redis.pipeline() as pipeline:
+        for item in pending:
+            pipeline.hmget(CatalogJob.redis_job_namespace_prefix + item.job_id, ("status", "worker_name"))
+        rows = pipeline.execute()
+    for item, (status, worker) in zip(pending, rows, strict=True):
+        still_held = status == b"started" and worker is not None and worker.decode() == item.dead_worker
+        if item.recovered_after is None and not still_held and item.job_id not in claimed:
+            item.recovered_after = now - item.killed_at
+
+
+def test_every_job_of_a_dead_worker_is_retried_or_failed_within_30_seconds_whatever_the_kill(
+    workers: Callable[..., subprocess.Popen[str]], configured: str, redis: Redis, tmp_path: Path, soak: int
+) -> None:
+    """The Procfile's pools of in-process workers and forking workers, SIGKILLed every way, with the shipped settings.
+
+    Each kill's held jobs are followed from Redis until each is retried or failed:
+    a run of a dead worker (its heartbeat expires) and a job it had claimed but not
+    started (its intermediate list) alike.
+    """
+    log = tmp_path / "runs.log"
+    ids = enqueue_tallies(log, 3000 * soak, 0.05)
+    pool_command = [str(BIN / "rq"), "worker-pool", "-n", "2"]  # the Procfile's, as typed
+    pools = [subprocess.Popen(pool_command, env=dict(os.environ), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]  # fmt: skip
+    forking = [workers(FORKING) for _ in range(2)]
+    rng = random.Random(17)
+    pending: list[InFlight] = []
+    kills = dict.fromkeys(KILL_KINDS, 0)
+    try:
+        time.sleep(3)  # every process up and busy
+        for kind in [k for k in KILL_KINDS for _ in range(2 * soak)]:
+            time.sleep(1.5)
+            settle(redis, pending, time.monotonic())
+            if kind.startswith("pool"):
+                number = rng.randrange(len(pools))
+                parent = psutil.Process(pools[number].pid)
+                children = parent.children()
+                if not children:
+                    continue
+                child = rng.choice(children)
+                dead = {worker_name(c.pid) for c in children} if "parent" in kind else {worker_name(child.pid)}
+                if kind != "pool parent":
+                    child.send_signal(signal.SIGKILL)
+                if "parent" in kind:
+                    pools[number].send_signal(signal.SIGKILL)
+                    pools[number].wait(timeout=10)
+                    psutil.wait_procs(children, timeout=10)  # gone with their parent (PDEATHSIG)
+                    pools[number] = subprocess.Popen(pool_command, env=dict(os.environ), cwd=ROOT,
+                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            else:
+                number = rng.randrange(len(forking))
+                victim = forking[number]
+                horse = horse_of(victim, log)
+                for _ in range(50):  # a forking worker spends a while between jobs: kill it in one
+                    if horse is not None:
+                        break
+                    time.sleep(0.02)
+                    horse = horse_of(victim, log)
+                dead = {worker_name(victim.pid)}
+                if horse is not None and kind in ("whole forking worker", "work-horse"):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        horse.send_signal(signal.SIGKILL)
+                if kind != "work-horse":
+                    victim.send_signal(signal.SIGKILL)
+                    victim.wait(timeout=10)
+                    forking[number] = workers(FORKING)
+            killed_at = time.monotonic()
+            pending += in_flight(redis, ids, dead, kind, killed_at)
+            kills[kind] += 1
+        deadline = time.monotonic() + RECOVERY_BOUND + 30
+        while any(item.recovered_after is None for item in pending) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            settle(redis, pending, time.monotonic())
+        result = audit(redis, ids, log, timeout=240)
+    finally:
+        for pool in pools:
+            stop(pool, timeout=10)
+
+    slowest = {kind: max((i.recovered_after or 999.0 for i in pending if i.kind == kind), default=None)
+               for kind in KILL_KINDS}  # fmt: skip
+    shown = ", ".join(f"{kind} {'-' if s is None else f'{s:.1f} s'}" for kind, s in slowest.items())
+    SUMMARIES.append(
+        result.line("fault 6 (every kind of kill)", f" kills={sum(kills.values())}; slowest recovery: {shown}")
+    )
+    assert (result.lost, result.stuck, result.overlapping) == ([], [], [])
+    assert result.finished + result.failed == result.accepted
+    held = {kind: sum(1 for i in pending if i.kind == kind and i.dead_worker) for kind in KILL_KINDS}
+    assert all(held.values()), held  # each kind of kill really took running jobs with it
+    late = [(i.kind, i.job_id, i.recovered_after) for i in pending if (i.recovered_after or 999.0) > RECOVERY_BOUND]
+    assert late == [], shown
+
+
+def test_a_job_claimed_by_a_worker_that_died_before_starting_it_runs_within_30_seconds_spending_no_retry(
+    configured: str, redis: Redis, tmp_path: Path
+) -> None:
+    """The state a worker SIGKILLed between its claim and the job's start leaves: the job in an intermediate list.
+
+    The claim is made with the workers' own claim script; no worker that could start
+    it is alive. A worker started afterwards gives it back after the grace period
+    (not at once: a live claimer starts its claim within milliseconds) and runs it.
+    """
+    log = tmp_path / "runs.log"
+    [job_id] = enqueue_tallies(log, 1, 0.1)
+    queue_key = f"rq:queue:{redis.hget(CatalogJob.key_for(job_id), 'origin').decode()}"  # type: ignore[union-attr]
+    claimed = lua(redis, CLAIM_SCRIPT)(keys=[queue_key], args=[CatalogJob.redis_job_namespace_prefix], client=redis)
+    assert claimed[1] == job_id.encode() and redis.lrange(f"{queue_key}:intermediate", 0, -1) == [job_id.encode()]
+    claimed_at = time.monotonic()
+    output = tmp_path / "worker.log"
+    with open(output, "w") as sink:
+        worker = subprocess.Popen([str(BIN / "rq"), "worker"], env=dict(os.environ), cwd=ROOT, stdout=sink,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        final = wait_until_final(redis, [job_id], timeout=60)
+        ran_after = time.monotonic() - claimed_at
+    finally:
+        stop(worker)
+
+    assert final[job_id] == "finished"
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "end"]
+    assert CLAIM_GRACE_SECONDS <= ran_after <= RECOVERY_BOUND
+    assert redis.hget(CatalogJob.key_for(job_id), "retries_left") == b"5"  # given back, not failed
+    given_back = [line for line in output.read_text().splitlines() if job_id in line and "before starting" in line]
+    assert len(given_back) == 1 and "stopped before starting it; back at the front of" in given_back[0]
+    SUMMARIES.append(f"claimed, never started: given back and finished {ran_after:.1f} s after the claim")

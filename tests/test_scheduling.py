@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 
 from taskctl.connection import connect
-from taskctl.scheduler import Scheduler
+from taskctl.rqscheduler import Scheduler
 from taskctl.stack import stop
 from taskctl.status import fetch_job, wait_for
 from tests.conftest import ROOT, taskctl
@@ -284,7 +284,7 @@ def test_two_scheduler_processes_enqueue_each_due_run_once(configured: str, work
 
 def test_a_due_run_claimed_by_one_scheduler_is_not_enqueued_by_another(configured: str, redis: Redis) -> None:
     """Even when rq-scheduler's own lock has expired and two passes overlap."""
-    from taskctl.scheduler import make_scheduler
+    from taskctl.rqscheduler import make_scheduler
 
     first, second = make_scheduler(), make_scheduler()
     job_id = job_id_of(taskctl("enqueue", "add", "1", "2", "--in", "1h").output)

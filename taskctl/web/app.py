@@ -146,7 +146,7 @@ def metrics() -> Response:
 @pages.route("/schedules", defaults={"instance_number": 0})
 @pages.route("/<int:instance_number>/view/schedules")
 def schedules(instance_number: int) -> Response:
-    from taskctl.scheduler import make_scheduler
+    from taskctl.rqscheduler import make_scheduler
     from taskctl.schedules import scheduled_runs
 
     settings = _settings()
