@@ -563,12 +563,21 @@ def schedules_cancel(job_id: str) -> None:
     show_default=True,
     help="The processes to run.",
 )
-def up(procfile: Path) -> None:
-    """Run the whole stack here: Redis (embedded if none answers), worker, scheduler, dashboard."""
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    help="Seconds each process gets to stop (a worker: to finish its job) before it is killed "
+    "[default: TASKCTL_STOP_GRACE, 30].",
+)
+def up(procfile: Path, grace: float | None) -> None:
+    """Run the whole stack here: Redis (embedded if none answers), worker, scheduler, dashboard.
+
+    Ctrl-C or SIGTERM stops the Procfile's processes in its order, then Redis.
+    """
     from taskctl.settings import get_settings
     from taskctl.stack import run_stack
 
-    raise SystemExit(run_stack(get_settings(), procfile))
+    raise SystemExit(run_stack(get_settings(), procfile, grace))
 
 
 def _json(value: Any) -> str:

@@ -57,6 +57,9 @@ class Settings:
     # one that fails.
     redis_connect_timeout: float = 3.0
     scheduler_interval: float = 5.0
+    # Seconds each process of `taskctl up` gets to stop on Ctrl-C or SIGTERM (a worker: to
+    # finish its running job) before it is killed; a job killed then is retried later.
+    stop_grace: float = 30.0
     # Times without an offset (`--at 2026-12-01T09:00`, cron expressions) are read in this
     # zone, and times are shown in it.
     timezone: str = "UTC"
@@ -241,6 +244,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         replica_acks=int(number("TASKCTL_REPLICA_ACKS", defaults.replica_acks, minimum=0)),
         redis_connect_timeout=float(number("TASKCTL_REDIS_CONNECT_TIMEOUT", defaults.redis_connect_timeout)),
         scheduler_interval=float(number("TASKCTL_SCHEDULER_INTERVAL", defaults.scheduler_interval)),
+        stop_grace=float(number("TASKCTL_STOP_GRACE", defaults.stop_grace, minimum=0)),
         timezone=timezone,
         schedules_file=Path(env.get("TASKCTL_SCHEDULES", str(defaults.schedules_file))),
         past_tolerance=float(number("TASKCTL_PAST_TOLERANCE", defaults.past_tolerance, minimum=0)),

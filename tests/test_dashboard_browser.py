@@ -7,17 +7,22 @@ missing browser is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+from taskctl.enqueue import enqueue_call
 from taskctl.handle import JobHandle
-from tests.conftest import ROOT, run_burst_worker, taskctl
+from taskctl.workflows import Call, chain
+from tests.conftest import ROOT, fetch, run_burst_worker, taskctl
 from tests.test_enqueue_cli import job_id_from
 from tests.test_failures import fields
 from tests.test_scheduling import TWO_SCHEDULES, write_schedules
@@ -87,6 +92,9 @@ def test_the_queues_page_shows_the_counts_after_jobs_ran(web: Callable[..., str]
     ]
     assert low[:2] == ["low", "1"]
     screenshot(page, "queues")
+
+    row.locator("td.failed a").first.click()  # its links survive the escaping of every insertion
+    page.wait_for_url(base + "/0/view/jobs/default/failed/8/asc/1")
 
 
 def test_a_failed_jobs_traceback_appears_and_requeue_from_the_browser_makes_it_run(
@@ -177,3 +185,152 @@ def test_the_workers_page_marks_a_worker_that_is_not_taskctls(
     marked = [text for text in texts if "NOT A TASKCTL WORKER" in text]
     assert len(marked) == 1, texts
     assert "it fails taskctl's jobs; see taskctl doctor" in marked[0]
+
+
+#: Quotes of both kinds, `&` and a literal entity, markup and non-ASCII: a page that escapes
+#: twice shows `&amp;` or `&#x27;`, one that escapes nothing renders <b> or decodes `&amp;`.
+TEXT = "Crème brûlée — 5 € <b>bold</b> & &amp; \"quoted\" 'single'"
+
+
+def description(job_id: str) -> str:
+    """The job's own text, as RQ stored it: what every page must show."""
+    return str(JobHandle.fetch(job_id).job.description)
+
+
+def error(job_id: str) -> str:
+    result = JobHandle.fetch(job_id).job.latest_result()
+    assert result is not None and result.exc_string is not None
+    return str(result.exc_string)
+
+
+def data(base: str, path: str) -> Any:
+    status, body, _ = fetch(base, path)
+    assert status == 200, path
+    return json.loads(body)
+
+
+def jobs_with_text_in_each_registry(log: str) -> dict[str, tuple[str, str]]:
+    """Registry name: (queue, id) of a job whose arguments hold TEXT."""
+    failed = enqueue_call("fail", [TEXT]).id
+    scheduled = enqueue_call("fail", [TEXT], retries=1, backoff=3600).id  # its retry waits an hour
+    finished = enqueue_call("record", [log, TEXT]).id
+    run_burst_worker("default", "high")
+    canceled = enqueue_call("record", [log, TEXT], queue="low").id
+    taskctl("cancel", canceled)
+    chained = chain(Call("record", [log, TEXT], queue="low"), Call("record", [log, TEXT], queue="low"))
+    return {
+        "queued": ("low", chained.steps[0].id),
+        "deferred": ("low", chained.steps[1].id),
+        "canceled": ("low", canceled),
+        "failed": ("default", failed),
+        "scheduled": ("default", scheduled),
+        "finished": ("high", finished),
+    }
+
+
+def test_every_registrys_job_list_and_the_job_page_show_the_jobs_text_exactly_as_written(
+    web: Callable[..., str], page: Any, tmp_path: Path
+) -> None:
+    jobs = jobs_with_text_in_each_registry(str(tmp_path / "log"))
+    base = web()
+
+    for registry, (queue, job_id) in jobs.items():
+        page.goto(f"{base}/0/view/jobs/{queue}/{registry}/8/asc/1")
+        row = page.locator(f"#jobs tr[data-job-id='{job_id}']")
+        assert row.locator(".description").inner_text() == description(job_id), registry
+        listed = data(base, f"/0/data/jobs/{queue}/{registry}/8/asc/1.json")["jobs"]
+        assert [job["description"] for job in listed if job["id"] == job_id] == [description(job_id)], registry
+        if registry == "failed":
+            assert row.locator("pre.exc_info").inner_text() == error(job_id)
+            screenshot(page, "job-text-failed-list")
+
+    for registry, (_, job_id) in jobs.items():
+        if registry == "deferred":
+            continue  # its page fails: see test_the_job_page_of_a_job_with_dependencies_shows_its_text
+        page.goto(f"{base}/0/view/job/{job_id}")
+        assert page.locator("#job-data .description-scroll").inner_text() == description(job_id), registry
+        shown = data(base, f"/0/data/job/{job_id}.json")
+        assert shown["description"] == description(job_id), registry
+        if registry == "failed":
+            assert page.locator("#job-data pre.exc_info").inner_text() == error(job_id)
+            assert shown["exc_info"] == error(job_id)
+            screenshot(page, "job-text-failed-job")
+        if registry == "finished":
+            assert page.locator("#job-data pre:not(.exc_info)").inner_text() == json.dumps(TEXT, ensure_ascii=False)
+            assert shown["result"] == TEXT
+
+
+def test_the_job_page_of_a_job_with_dependencies_shows_its_text(
+    web: Callable[..., str], page: Any, tmp_path: Path
+) -> None:
+    log = str(tmp_path / "log")
+    deferred = chain(Call("record", [log, TEXT], queue="low"), Call("record", [log, TEXT], queue="low")).steps[1].id
+    base = web()
+
+    assert fetch(base, f"/0/data/job/{deferred}.json")[0] == 200
+    page.goto(f"{base}/0/view/job/{deferred}")
+    assert page.locator("#job-data .description-scroll").inner_text(timeout=5_000) == description(deferred)
+
+
+def test_the_queues_page_shows_a_queue_name_exactly_as_written(web: Callable[..., str], page: Any, redis: Any) -> None:
+    redis.sadd("rq:queues", f"rq:queue:{TEXT}")  # how RQ records that a queue exists
+    base = web()
+
+    page.goto(base + "/")
+    names = page.locator("#queues tr[data-role=queue] td:first-child")
+    names.first.wait_for()
+    assert TEXT in names.all_inner_texts()
+    assert TEXT in [queue["name"] for queue in data(base, "/0/data/queues.json")["queues"]]
+    screenshot(page, "queue-name-text")
+
+
+def test_the_workers_page_and_the_started_list_show_the_running_jobs_text_exactly_as_written(
+    web: Callable[..., str], page: Any, worker: Any, tmp_path: Path
+) -> None:
+    base = web()
+    job_id = enqueue_call("tally", [str(tmp_path / "log"), TEXT, 12]).id  # long enough to be seen running
+    job = JobHandle.fetch(job_id).job
+
+    page.goto(base + "/0/view/workers")
+    current = page.locator("#workers tr[data-role=worker] td", has=page.locator("a"))
+    assert current.locator("a").inner_text() == job.get_call_string()
+    # Its tooltip has the description, between the spaces that rq-dashboard's template puts around it.
+    assert f"\nDescription:  {description(job_id)} \n" in current.get_attribute("title").replace("\r", "")
+    (busy,) = [w for w in data(base, "/0/data/workers.json")["workers"] if w["current_job"] != "idle"]
+    assert busy["current_job"]["description"] == description(job_id)
+    screenshot(page, "workers-current-job-text")
+
+    page.goto(f"{base}/0/view/jobs/default/started/8/asc/1")
+    row = page.locator(f"#jobs tr[data-job-id='{job_id}']")
+    assert row.locator(".description").inner_text() == description(job_id)
+
+
+def test_the_schedules_page_shows_a_scheduled_jobs_text_exactly_as_written(
+    web: Callable[..., str], page: Any, tmp_path: Path
+) -> None:
+    log = str(tmp_path / "log")
+    args = json.dumps([log, TEXT], ensure_ascii=False)  # a JSON array of strings is TOML too
+    write_schedules(f'[hostile-text]\njob = "record"\nargs = {args}\nevery = "1h"\n')
+    assert taskctl("schedules", "sync").exit_code == 0
+    delayed = enqueue_call("record", [log, TEXT], delay=timedelta(hours=1)).id
+    base = web()
+
+    page.goto(base + "/schedules")
+    periodic = page.locator("#periodic tbody tr", has_text="hostile-text").locator("td").all_inner_texts()
+    once = page.locator("#delayed tbody tr", has_text=delayed).locator("td").all_inner_texts()
+    assert periodic[1] == description("periodic-hostile-text")
+    assert once[1] == description(delayed)
+    screenshot(page, "schedules-text")
+
+
+def test_a_link_to_a_queue_named_like_a_script_shows_the_name_and_runs_nothing(
+    web: Callable[..., str], page: Any
+) -> None:
+    # Closes the string and the handler that rq-dashboard's jobs script writes the queue name into.
+    name = "x'); } }); window.__xss = 3; $('#x').on('y', function() { if (1) { ('"
+    base = web()
+
+    page.goto(f"{base}/0/view/jobs/{quote(name, safe='')}/queued/8/asc/1")
+    page.get_by_text("No jobs.").wait_for()  # the page's own script ran
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("p.intro strong").inner_text() == name

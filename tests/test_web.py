@@ -18,6 +18,7 @@ from taskctl.stack import redis_server, stop
 from tests.conftest import ROOT, fetch, free_port, run_burst_worker, start_web, taskctl
 from tests.test_enqueue_cli import job_id_from
 from tests.test_failures import fields
+from tests.test_hostile_data import plant_pickle
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -195,3 +196,31 @@ def test_stats_watch_refreshes_the_given_number_of_times(configured: str) -> Non
 
     assert result.exit_code == 0
     assert result.output.count("Workers alive:") == 3
+
+
+def test_no_dashboard_page_inserts_a_value_as_markup(web: Callable[..., str]) -> None:
+    base = web()
+    job_id = failed_job_on_default()
+
+    for path in ("/", "/0/view/jobs/default/failed/8/asc/1", f"/0/view/job/{job_id}", "/0/view/workers"):
+        status, body, _ = fetch(base, path)
+        assert status == 200, path
+        # underscore.js templates: `<%=` inserts markup, `<%-` text (see taskctl.web.stock_templates).
+        assert "<%=" not in body and "<%-" in body, path
+
+
+def test_the_workers_page_never_unpickles_a_busy_workers_job(
+    web: Callable[..., str], worker: object, redis: Redis, tmp_path: Path
+) -> None:
+    base = web()
+    marker = tmp_path / "pwned"
+    job_id = job_id_from(taskctl("enqueue", "slow", "5").output)
+    deadline = time.monotonic() + 30
+    while fields(taskctl("status", job_id).output)["status"] != "started":
+        assert time.monotonic() < deadline, "the worker did not start the job"
+        time.sleep(0.1)
+    plant_pickle(redis, job_id, "data", marker)
+
+    fetch(base, "/0/data/workers.json")  # its data is no longer JSON: the page may fail, but must not unpickle it
+
+    assert not marker.exists()

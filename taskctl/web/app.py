@@ -1,13 +1,13 @@
 """The dashboard's Flask app: rq-dashboard's pages, made safe to expose, plus what operators need.
 
-rq-dashboard's own pages are served unchanged under their usual paths. Added:
-auth, CSRF and read-only guards (``security``), a Schedules page for
+rq-dashboard's own pages are served under their usual paths, from its own
+templates with every value inserted as text (``stock_templates`` says why).
+Added: auth, CSRF and read-only guards (``security``), a Schedules page for
 rq-scheduler's jobs, ``/metrics`` and ``/healthz``.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ import rq
 import rq_dashboard
 import rq_dashboard.web
 from flask import Blueprint, Flask, Response, current_app, render_template, request
-from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, PrefixLoader
+from jinja2 import ChoiceLoader, FileSystemLoader, PrefixLoader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from rq.job import requeue_job
@@ -29,6 +29,7 @@ from taskctl.rqclasses import CatalogJob
 from taskctl.settings import Settings, get_settings, mask_url
 from taskctl.web.metrics import registry_for
 from taskctl.web.security import refusal
+from taskctl.web.stock_templates import StockTemplates
 from taskctl.when import show_time
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -36,15 +37,41 @@ TEMPLATES = Path(__file__).parent / "templates"
 pages = Blueprint("taskctl_web", __name__)
 
 
+class _JobId(str):
+    def decode(self, *args: Any) -> str:
+        return str(self)
+
+
+class _DashboardJob(CatalogJob):
+    """How rq-dashboard reads jobs: JSON only, and dependency ids it can read.
+
+    Its job page calls ``.decode()`` on each dependency id, which rq 3 gives as
+    ``str``: the page of every job with dependencies (a chain's later steps)
+    answered 500. The ids stay strings for everything else.
+    """
+
+    @property
+    def dependency_ids(self) -> list[str]:
+        return [_JobId(job_id) for job_id in super().dependency_ids]
+
+
+class _JsonWorker(rq.Worker):
+    """How rq-dashboard reads workers: a busy one's current job as a CatalogJob."""
+
+    job_class = CatalogJob
+
+
 def _json_only() -> None:
     """Make every job rq-dashboard reads JSON, never pickle.
 
-    Its views fetch jobs with rq's default serializer in places (delete, requeue),
-    which would unpickle a job's meta: code execution for whoever can write to
-    Redis. Its module-level names are the only seam it offers.
+    Its views fetch jobs with rq's default serializer in places (delete, requeue,
+    a busy worker's current job on the Workers page), which would unpickle a
+    job's data or meta: code execution for whoever can write to Redis. Its
+    module-level names are the only seam it offers.
     """
     rq_dashboard.web.config.serializer = JSONSerializer
-    rq_dashboard.web.Job = CatalogJob
+    rq_dashboard.web.Job = _DashboardJob
+    rq_dashboard.web.Worker = _JsonWorker
 
     def requeue_json(job_id: str, connection: Redis) -> Any:
         return requeue_job(job_id, connection=connection, serializer=JSONSerializer)
@@ -61,11 +88,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD"] = settings.sentinel_password or None
     app.config["TASKCTL_SETTINGS"] = settings
     app.config["TASKCTL_REDIS"] = get_redis(settings)
-    # Our templates first (a navbar with a Schedules link), then rq-dashboard's own,
-    # also reachable as "stock/..." so ours can wrap them instead of copying them.
-    app.jinja_loader = ChoiceLoader(
-        [FileSystemLoader(TEMPLATES), PrefixLoader({"stock": PackageLoader("rq_dashboard", "templates")})]
-    )
+    # Our templates first (a navbar with a Schedules link), then rq-dashboard's own, rewritten,
+    # ahead of its blueprint's loader that would serve them as they are; also reachable as
+    # "stock/..." so ours can wrap them instead of copying them.
+    stock = StockTemplates()
+    app.jinja_loader = ChoiceLoader([FileSystemLoader(TEMPLATES), stock, PrefixLoader({"stock": stock})])
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="")
     app.register_blueprint(pages)
     rq_dashboard.web.setup_rq_connection(app)
@@ -75,23 +102,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         return refusal(request, settings)
 
     @app.after_request
-    def escape_data(response: Response) -> Response:
-        # rq-dashboard's pages insert these values with unescaped templates (`<%= %>`):
-        # escaped here, a job's arguments, description, meta or traceback show as text.
-        if request.endpoint in DATA_ENDPOINTS and response.is_json:
+    def mark_foreign_workers(response: Response) -> Response:
+        if request.endpoint == "rq_dashboard.list_workers" and response.is_json:
             data = response.get_json()
-            if request.endpoint == "rq_dashboard.list_workers":
-                _mark_foreign(data.get("workers", []))
-            response.set_data(json.dumps(_escaped(data)))
+            _mark_foreign(data.get("workers", []))
+            response.set_data(json.dumps(data))
         return response
 
     return app
-
-
-#: rq-dashboard's JSON endpoints, read by its pages' scripts.
-DATA_ENDPOINTS = frozenset(
-    {"rq_dashboard.list_queues", "rq_dashboard.list_jobs", "rq_dashboard.job_info", "rq_dashboard.list_workers"}
-)
 
 
 #: Shown after the name of a worker that is not taskctl's, on the Workers page.
@@ -103,16 +121,6 @@ def _mark_foreign(workers: list[dict[str, Any]]) -> None:
     for worker in workers:
         if worker.get("name") not in ours:
             worker["name"] = f"{worker.get('name')} ({FOREIGN_MARK})"
-
-
-def _escaped(value: Any) -> Any:
-    if isinstance(value, str):
-        return html.escape(value)
-    if isinstance(value, list):
-        return [_escaped(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _escaped(item) for key, item in value.items()}
-    return value
 
 
 def _settings() -> Settings:
