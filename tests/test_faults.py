@@ -248,6 +248,18 @@ def one_job_running(
     return job_id, worker, horse
 
 
+def run_until_final(
+    command: list[str], output: Path, redis: Redis, job_id: str, timeout: float
+) -> dict[str, str | None]:
+    """Run a worker, its output into a file, until the job is final (bounded); the job's final status."""
+    with open(output, "w") as sink:
+        worker = subprocess.Popen(command, env=dict(os.environ), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        return wait_until_final(redis, [job_id], timeout=timeout)
+    finally:
+        stop(worker)
+
+
 def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
     workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path
 ) -> None:
@@ -257,14 +269,8 @@ def test_a_job_whose_whole_worker_died_is_recovered_within_60_seconds(
     victim.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     output = tmp_path / "recovering-worker.log"
-    with open(output, "w") as sink:  # another worker, which does the recovery
-        recovering = subprocess.Popen(worker_command(), env=dict(os.environ), cwd=ROOT, stdout=sink,
-                                      stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        final = wait_until_final(redis, [job_id], timeout=90)
-        recovered_after = time.monotonic() - killed_at
-    finally:
-        stop(recovering)
+    final = run_until_final(worker_command(), output, redis, job_id, timeout=90)  # another worker: the recovery
+    recovered_after = time.monotonic() - killed_at
 
     assert final[job_id] == "finished"
     starts = [line for line in log.read_text().splitlines() if line.startswith("start")]
@@ -626,14 +632,8 @@ def test_a_job_claimed_by_a_worker_that_died_before_starting_it_runs_within_30_s
     assert claimed[1] == job_id.encode() and redis.lrange(f"{queue_key}:intermediate", 0, -1) == [job_id.encode()]
     claimed_at = time.monotonic()
     output = tmp_path / "worker.log"
-    with open(output, "w") as sink:
-        worker = subprocess.Popen([str(BIN / "rq"), "worker"], env=dict(os.environ), cwd=ROOT, stdout=sink,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        final = wait_until_final(redis, [job_id], timeout=60)
-        ran_after = time.monotonic() - claimed_at
-    finally:
-        stop(worker)
+    final = run_until_final([str(BIN / "rq"), "worker"], output, redis, job_id, timeout=60)
+    ran_after = time.monotonic() - claimed_at
 
     assert final[job_id] == "finished"
     assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "end"]
