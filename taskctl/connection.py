@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -85,11 +86,15 @@ def unavailable(url: str, exc: BaseException) -> RedisUnavailableError:
     return RedisUnavailableError(f"cannot reach Redis at {mask_url(url)}: {exc}")
 
 
-def wait_until_answers(client: Redis, log: logging.Logger, url: str) -> None:
-    """Block until Redis answers a PING again, retrying with backoff (0.5 s doubling to 10 s).
+def wait_until_answers(
+    client: Redis, log: logging.Logger, url: str, stopping: Callable[[], bool] = lambda: False
+) -> bool:
+    """Block until Redis answers a PING again, retrying with backoff (0.5 s doubling to 10 s); True then.
 
     For long-running processes (workers, the scheduler): they outlive an outage
     instead of exiting, and carry on once Redis (or a new Sentinel master) is back.
+    False as soon as ``stopping()`` says the process was asked to stop meanwhile:
+    one waiting for Redis must still stop when its process manager says so.
     """
     delay = 0.5
     while True:
@@ -97,11 +102,15 @@ def wait_until_answers(client: Redis, log: logging.Logger, url: str) -> None:
             client.ping()
         except REDIS_DOWN_ERRORS as exc:
             log.error("cannot reach Redis at %s: %s; retrying in %gs", mask_url(url), exc, delay)
-            time.sleep(delay)
+            retry_at = time.monotonic() + delay
+            while time.monotonic() < retry_at:
+                if stopping():
+                    return False
+                time.sleep(0.1)
             delay = min(delay * 2, 10)
         else:
             log.info("Redis at %s answers again", mask_url(url))
-            return
+            return True
 
 
 _scripts: dict[str, Script] = {}

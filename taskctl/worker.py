@@ -137,6 +137,14 @@ class ThreadScheduler(rq.scheduler.RQScheduler):
     def _install_signal_handlers(self) -> None:
         """The worker's signals are the worker's; it stops this thread with ``request_stop``."""
 
+    def work(self) -> None:
+        # In an outage RQ's version ends the thread with a traceback; the worker starts the
+        # scheduler again at its next maintenance pass once Redis answers, so one line is enough.
+        try:
+            super().work()  # type: ignore[no-untyped-call]
+        except REDIS_DOWN_ERRORS as exc:
+            self.log.warning("RQ's scheduler thread: Redis went away (%s); the worker restarts it when it is back", exc)
+
 
 def _use_scheduler(scheduler_class: type[rq.scheduler.RQScheduler]) -> None:
     # RQ names its scheduler class in the worker module and offers no setting for it.
@@ -219,7 +227,7 @@ class _Worker(rq.worker.BaseWorker):
         # Whatever could not be recorded, the job's started-registry entry expires and
         # the job is recovered; the worker itself waits for Redis instead of exiting.
         self.log.error("Worker %s: Redis went away during job %s (%s); waiting for it", self.name, job.id, exc)
-        wait_until_answers(self.connection, self.log, get_settings().redis_url)
+        self._wait_for_redis()
 
     # RQ's work loop also talks to Redis outside its own outage handling (the
     # suspension check and maintenance at the top of the loop, a heartbeat after
@@ -268,6 +276,17 @@ class _Worker(rq.worker.BaseWorker):
             fleet_pass, self.connection, self.queue_names(), self.maintenance_interval, settings.failure_ttl, self.log
         )
 
+    def _stopping(self) -> bool:
+        return bool(self._stop_requested)
+
+    def teardown(self) -> None:
+        # RQ records the worker's death in Redis; in an outage that raised out of the work
+        # loop, and a stop (SIGTERM) ended with a traceback and exit code 1.
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except REDIS_DOWN_ERRORS:
+            self.log.warning("Worker %s: stopping while Redis cannot be reached; its key expires by itself", self.name)
+
     def serialize(self) -> dict[str, Any]:
         # RQ's worker hash, plus what this worker is: so that workers that are not
         # taskctl's can be told apart (taskctl.foreign). RQ's tools ignore the field.
@@ -308,7 +327,20 @@ class _Worker(rq.worker.BaseWorker):
                 call(*args)
                 return
             except REDIS_DOWN_ERRORS:
-                wait_until_answers(self.connection, self.log, get_settings().redis_url)
+                self._wait_for_redis()
+
+    def _wait_for_redis(self) -> None:
+        while True:
+            try:
+                if wait_until_answers(self.connection, self.log, get_settings().redis_url, self._stopping):
+                    return
+                break
+            except REDIS_DOWN_ERRORS:  # from RQ's stop-signal handler, which writes to Redis
+                continue
+        # Asked to stop (SIGTERM, Ctrl-C) while Redis cannot be reached: nothing can be recorded,
+        # so RQ's orderly exit would only fail; what this worker held is recovered once Redis is back.
+        self.log.warning("Worker %s: stopping while Redis cannot be reached; its key expires by itself", self.name)
+        os._exit(0)
 
     def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
         # RQ calls this with the job's exception just before it decides on a retry:

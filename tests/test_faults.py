@@ -642,3 +642,42 @@ def test_a_job_claimed_by_a_worker_that_died_before_starting_it_runs_within_30_s
     given_back = [line for line in output.read_text().splitlines() if job_id in line and "before starting" in line]
     assert len(given_back) == 1 and "stopped before starting it; back at the front of" in given_back[0]
     SUMMARIES.append(f"claimed, never started: given back and finished {ran_after:.1f} s after the claim")
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "mid-job"])
+def test_a_worker_waiting_for_redis_stops_at_once_on_sigterm(
+    busy: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A process manager's stop must work during an outage too: one SIGTERM, no traceback, exit 0."""
+    port = free_port()
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    from taskctl.settings import get_settings
+
+    get_settings.cache_clear()
+    log = tmp_path / "runs.log"
+    output = tmp_path / "worker.log"
+    with redis_server(port, tmp_path / "redis") as server:
+        if busy:
+            enqueue_tallies(log, 1, 3)
+        with open(output, "w") as sink:
+            worker = subprocess.Popen([str(BIN / "rq"), "worker"], env=dict(os.environ), cwd=ROOT, stdout=sink,
+                                      stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while "Listening on" not in output.read_text() or (busy and not log.exists()):
+            assert time.monotonic() < deadline and worker.poll() is None, output.read_text()
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+    try:
+        deadline = time.monotonic() + 30
+        while "cannot reach Redis" not in output.read_text():
+            assert time.monotonic() < deadline and worker.poll() is None, output.read_text()
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=5)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    text = output.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text and "stopping while Redis cannot be reached" in text
