@@ -112,16 +112,22 @@ def taskctl_worker_names(connection: Redis, names: list[str]) -> set[str]:
 def fleet_pass(
     connection: Redis, queue_names: list[str], interval: float, failure_ttl: int, log: logging.Logger
 ) -> None:
-    """Name new foreign workers and put back the jobs they could not read: once per interval for the fleet."""
-    if not connection.set(FLEET_LOCK_KEY, 1, nx=True, px=max(500, int(interval * 900))):
-        return
-    for worker in foreign_workers(connection):
-        key = _LOGGED_KEY.format(worker.name)
-        if connection.set(key, 1, nx=True, ex=_LOGGED_SECONDS):
-            log.warning("*** %s: %s; %s", worker.describe(), WHAT_IT_DOES_WRONG, HOW_TO_START_ONE)
-        else:
-            connection.expire(key, _LOGGED_SECONDS)
+    """Name new foreign workers and put back the jobs they could not read.
+
+    Each is done once per interval for the whole fleet, whichever worker comes first:
+    the workers check, and each queue is looked at, under a lock that lasts the interval.
+    """
+    lock_ms = max(500, int(interval * 900))
+    if connection.set(FLEET_LOCK_KEY, 1, nx=True, px=lock_ms):
+        for worker in foreign_workers(connection):
+            key = _LOGGED_KEY.format(worker.name)
+            if connection.set(key, 1, nx=True, ex=_LOGGED_SECONDS):
+                log.warning("*** %s: %s; %s", worker.describe(), WHAT_IT_DOES_WRONG, HOW_TO_START_ONE)
+            else:
+                connection.expire(key, _LOGGED_SECONDS)
     for queue_name in queue_names:
+        if not connection.set(f"{FLEET_LOCK_KEY}:{queue_name}", 1, nx=True, px=lock_ms):
+            continue
         for job_id, retries in reclaim_unread(connection, queue_name, failure_ttl):
             log.warning(
                 "job %s: a worker that is not taskctl's could not read it and failed it; "
