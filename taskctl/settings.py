@@ -43,7 +43,9 @@ class Settings:
     failure_ttl: int = 7 * 86_400
     # Workers: heartbeat every job_monitoring_interval s while a job runs; a job whose
     # worker stopped heartbeating is recovered heartbeat_grace s later, at the next
-    # maintenance pass (every maintenance_interval s, by any live worker).
+    # maintenance pass (every maintenance_interval s, by any live worker). The grace is 2 s
+    # at least: RQ scores its registries in whole seconds and a heartbeat can be half a
+    # second late, so with 1 s a running job could be taken for abandoned.
     job_monitoring_interval: int = 5
     heartbeat_grace: int = 10
     maintenance_interval: int = 5
@@ -236,7 +238,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         backoff_cap=float(number("TASKCTL_BACKOFF_CAP", defaults.backoff_cap)),
         result_ttl=int(number("TASKCTL_RESULT_TTL", defaults.result_ttl)),
         job_monitoring_interval=int(number("TASKCTL_JOB_MONITORING_INTERVAL", defaults.job_monitoring_interval)),
-        heartbeat_grace=int(number("TASKCTL_HEARTBEAT_GRACE", defaults.heartbeat_grace)),
+        heartbeat_grace=int(number("TASKCTL_HEARTBEAT_GRACE", defaults.heartbeat_grace, minimum=2)),
         maintenance_interval=int(number("TASKCTL_MAINTENANCE_INTERVAL", defaults.maintenance_interval)),
         job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),

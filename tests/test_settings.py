@@ -48,6 +48,7 @@ def test_a_dotenv_file_fills_in_what_the_environment_does_not_set(tmp_path: Path
     [
         ({"TASKCTL_RESULT_TTL": "soon"}, "TASKCTL_RESULT_TTL='soon' is not a valid int"),
         ({"TASKCTL_JOB_TIMEOUT": "0"}, "TASKCTL_JOB_TIMEOUT='0' must be greater than 0"),
+        ({"TASKCTL_HEARTBEAT_GRACE": "1"}, "TASKCTL_HEARTBEAT_GRACE='1' must be 2 or more"),
         ({"TASKCTL_QUEUES": " , "}, "TASKCTL_QUEUES is empty; expected a comma-separated list"),
         ({"TASKCTL_DEFAULT_QUEUE": "urgent"}, "TASKCTL_DEFAULT_QUEUE='urgent' is not one of TASKCTL_QUEUES"),
         ({"REDIS_URL": "http://:pw@host"}, "REDIS_URL='http://:***@host' must start with redis://"),

@@ -265,9 +265,10 @@ def test_a_stop_signal_to_taskctl_up_alone_lets_the_running_job_finish_and_stops
 def test_a_job_longer_than_the_grace_is_killed_on_stop_and_runs_again_at_the_next_up(
     up: Callable[..., Up], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Heartbeats and maintenance every second: the killed job is found abandoned within seconds.
-    for name in ("TASKCTL_JOB_MONITORING_INTERVAL", "TASKCTL_HEARTBEAT_GRACE", "TASKCTL_MAINTENANCE_INTERVAL"):
-        monkeypatch.setenv(name, "1")
+    # Heartbeats and maintenance every second, the shortest grace: the killed job is found abandoned within seconds.
+    for name, value in (("TASKCTL_JOB_MONITORING_INTERVAL", "1"), ("TASKCTL_HEARTBEAT_GRACE", "2"),
+                        ("TASKCTL_MAINTENANCE_INTERVAL", "1")):  # fmt: skip
+        monkeypatch.setenv(name, value)
     stack = up("--grace", "1")
     job_log = tmp_path / "tally.log"
     enqueue_tally(stack, job_log, seconds=6)
