@@ -54,6 +54,7 @@ import rq.utils
 import rq.worker.base
 import rq.worker_registration
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
+from rq.exceptions import StopRequested
 from rq.registry import clean_registries as clean_queue_registries
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
@@ -334,13 +335,11 @@ class _Worker(rq.worker.BaseWorker):
             try:
                 if wait_until_answers(self.connection, self.log, get_settings().redis_url, self._stopping):
                     return
-                break
+                # Asked to stop (SIGTERM, Ctrl-C) meanwhile: RQ's work loop stops on this, and
+                # teardown copes with the outage; what this worker held is recovered once Redis is back.
+                raise StopRequested()
             except REDIS_DOWN_ERRORS:  # from RQ's stop-signal handler, which writes to Redis
                 continue
-        # Asked to stop (SIGTERM, Ctrl-C) while Redis cannot be reached: nothing can be recorded,
-        # so RQ's orderly exit would only fail; what this worker held is recovered once Redis is back.
-        self.log.warning("Worker %s: stopping while Redis cannot be reached; its key expires by itself", self.name)
-        os._exit(0)
 
     def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
         # RQ calls this with the job's exception just before it decides on a retry:
