@@ -23,14 +23,12 @@ import time
 import zlib
 from base64 import b64decode
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from redis import Redis
 from rq.exceptions import InvalidJobOperation
 from rq.registry import FailedJobRegistry
 from rq.results import Result
-from rq.utils import str_to_date
 
 from taskctl.catalog import get_catalog
 from taskctl.rqclasses import CatalogJob, retries_owed
@@ -64,7 +62,6 @@ class ForeignWorker:
     pid: int | None
     queues: tuple[str, ...]
     rq_version: str
-    birth: datetime | None
 
     def describe(self) -> str:
         return (
@@ -94,7 +91,6 @@ def foreign_workers(connection: Redis) -> list[ForeignWorker]:
                 pid=int(pid) if pid.isdigit() else None,
                 queues=tuple(q for q in queues.split(",") if q),
                 rq_version=version,
-                birth=str_to_date(birth) if birth else None,
             )
         )
     return found

@@ -238,10 +238,6 @@ class Queue(rq.Queue):
     def wakeup_key(self) -> str:
         return wakeup_key(self.key)
 
-    @property
-    def intermediate_queue(self) -> ClaimedJobs:
-        return ClaimedJobs(self.key, connection=self.connection)
-
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
         # In the same round trip as the push itself: a token that wakes an idle worker.
         connection = pipeline if pipeline is not None else self.connection.pipeline()
