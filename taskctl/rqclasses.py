@@ -151,7 +151,7 @@ def retries_owed(job: CatalogJob) -> int:
 
 #: Take the first job of the first non-empty queue, moving it into that queue's
 #: intermediate list in the same step: a worker killed right after this has lost
-#: nothing, RQ's intermediate-queue cleanup gives the job back. The job's hash
+#: nothing, the maintenance pass gives the job back (ClaimedJobs). The job's hash
 #: comes back with it, which saves the worker a round trip per job.
 CLAIM_SCRIPT = """
 for _, key in ipairs(KEYS) do
