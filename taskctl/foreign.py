@@ -126,11 +126,10 @@ def fleet_pass(
             continue
         for job_id, retries in reclaim_unread(connection, queue_name, failure_ttl):
             log.warning(
-                "job %s: a worker that is not taskctl's could not read it and failed it; "
-                "back on queue %s with %s retries left",
+                "job %s: a worker that is not taskctl's could not read it and failed it; back on queue %s, %s",
                 job_id,
                 queue_name,
-                retries,
+                "without retries" if retries is None else f"{retries} retries left",
             )
 
 
