@@ -149,6 +149,7 @@ def status(job_id: str) -> None:
         ("ended at", _time(info.ended_at)),
         ("worker", info.worker or "-"),
         ("attempts", str(info.attempts)),
+        ("run", str(info.run) if info.run else "-"),
         ("retries left", str(info.retries_left)),
     ]
     if info.progress:

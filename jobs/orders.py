@@ -1,6 +1,8 @@
 """Order jobs. Jobs run at least once, and several workers may run copies of one job at the same
 time, so each job reads, checks and writes in one SQLite write transaction: whichever copy comes
-second sees the first one's work and changes nothing."""
+second sees the first one's work and changes nothing. Each transaction is also fenced
+(jobs.shop.fence): a run of the job that lost its lease and comes back after a newer run wrote
+is refused by the database, and stops."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import sqlite3
 from contextlib import closing
 from typing import Any
 
-from jobs.shop import connect, now, transaction
+from jobs.shop import connect, fence, now, transaction
 from taskctl.declare import job
-from taskctl.exceptions import PermanentError, TransientError
+from taskctl.exceptions import LeaseLostError, PermanentError, TransientError
+from taskctl.fencing import current_run
 
 _ITEM_SHAPE = '{"sku": "MUG", "quantity": 2}'
 
@@ -25,6 +28,7 @@ def process_order(order_id: int) -> dict[str, Any]:
     """
     try:
         with closing(connect()) as conn, transaction(conn):
+            _fenced(conn)
             order = conn.execute("SELECT status, total_cents FROM orders WHERE id = ?", (order_id,)).fetchone()
             if order is None:
                 raise PermanentError(f"no order {order_id}")
@@ -62,6 +66,7 @@ def update_inventory(order_id: int, items: list[dict[str, Any]]) -> dict[str, An
     wanted = _checked_items(items)
     try:
         with closing(connect()) as conn, transaction(conn):
+            _fenced(conn)
             if conn.execute("SELECT 1 FROM inventory_applied WHERE order_id = ?", (order_id,)).fetchone():
                 return {"order_id": order_id, "applied": False}
             if conn.execute("SELECT 1 FROM orders WHERE id = ?", (order_id,)).fetchone() is None:
@@ -79,6 +84,13 @@ def update_inventory(order_id: int, items: list[dict[str, Any]]) -> dict[str, An
         if _is_locked(exc):
             raise TransientError(f"the shop database is busy, try again later: {exc}") from exc
         raise
+
+
+def _fenced(conn: sqlite3.Connection) -> None:
+    """Refuse, and roll back, the transaction of a run that a newer run of the job has overtaken."""
+    run = current_run()
+    if not fence(conn, run):
+        raise LeaseLostError(f"run {run.token if run else '?'} of this job is stale: a newer run has written")
 
 
 def _checked_items(items: Any) -> list[tuple[str, int]]:

@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from taskctl.fencing import Run
 from taskctl.settings import get_settings
 
 # Seconds a connection waits for another process's write lock before SQLite gives up
 # with "database is locked"; long enough for any of our short transactions.
 BUSY_TIMEOUT = 30.0
 
-_TABLES = ("products", "orders", "order_items", "inventory_applied")
+_TABLES = ("products", "orders", "order_items", "inventory_applied", "job_fences")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -53,6 +54,13 @@ CREATE TABLE IF NOT EXISTS order_items (
 CREATE TABLE IF NOT EXISTS inventory_applied (
     order_id INTEGER PRIMARY KEY REFERENCES orders(id),
     applied_at TEXT NOT NULL
+);
+-- The highest fencing token each job has written with (taskctl.fencing): a write from a
+-- run older than one that already wrote is refused (see fence()).
+CREATE TABLE IF NOT EXISTS job_fences (
+    job_id TEXT PRIMARY KEY,
+    token INTEGER NOT NULL,
+    written_at TEXT NOT NULL
 );
 """
 
@@ -118,6 +126,25 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def fence(conn: sqlite3.Connection, run: Run | None) -> bool:
+    """Inside a write transaction: may this run of a job write? False once a later run of the job has.
+
+    The tokens of one job only grow, run after run, so the table keeps the highest one
+    that wrote; a run that lost its lease (frozen, cut off) and comes back after a newer
+    run wrote is refused here, by the database, whatever its worker believes. Tokens of
+    different jobs are not comparable: the fence is per job, not per row written.
+    Outside a worker (``run`` None: a test, a script) there is nothing to fence.
+    """
+    if run is None:
+        return True
+    cursor = conn.execute(
+        "INSERT INTO job_fences (job_id, token, written_at) VALUES (?, ?, ?) ON CONFLICT (job_id) DO UPDATE"
+        " SET token = excluded.token, written_at = excluded.written_at WHERE job_fences.token <= excluded.token",
+        (run.job_id, run.token, now()),
+    )
+    return cursor.rowcount == 1
 
 
 def _atomic(conn: sqlite3.Connection) -> AbstractContextManager[sqlite3.Connection]:

@@ -42,6 +42,10 @@ class RedisUnavailableError(TaskctlError, ConnectionError):
     """Redis did not answer at the configured URL (shown with its password masked)."""
 
 
+class LeaseLostError(TaskctlError):
+    """A run no longer holds its job's lease: another run or the recovery owns the job; nothing of it is recorded."""
+
+
 class JobNotAllowedError(TaskctlError):
     """A job in Redis names a function outside the catalog; it is never imported."""
 

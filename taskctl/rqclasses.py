@@ -23,7 +23,8 @@ from rq.utils import as_text
 
 from taskctl.catalog import get_catalog
 from taskctl.connection import lua
-from taskctl.exceptions import JobNotAllowedError, PermanentError, UnreadableJobError
+from taskctl.exceptions import JobNotAllowedError, LeaseLostError, PermanentError, UnreadableJobError
+from taskctl.lease import TASKCTL_RUNS, LeaseRegistry, held
 
 #: Failures that another try cannot fix: they go straight to the failed jobs.
 NOT_RETRIED = (PermanentError, JobNotAllowedError, UnreadableJobError)
@@ -39,10 +40,6 @@ UNREADABLE_META = {"unreadable": "meta is not JSON: something other than taskctl
 CANCELED_BECAUSE = "canceled_because"
 #: Job meta key set when a failure spent all the job's retries at once (a permanent error).
 RETRIES_WAIVED = "retries_waived"
-#: Job hash field counting the runs taskctl's workers started. Every taskctl run is counted
-#: when it starts, so retries spent beyond it were spent by runs of other workers (see
-#: ``retries_owed``). RQ and its tools ignore fields they do not know.
-TASKCTL_RUNS = "taskctl_runs"
 
 
 class CatalogJob(rq.job.Job):
@@ -52,7 +49,16 @@ class CatalogJob(rq.job.Job):
         # Whatever serializer the caller passes (stock `rq worker` passes pickle),
         # job data is JSON: unpickling data from Redis would run code.
         super().__init__(id, connection=connection, serializer=JSONSerializer)
+        #: The runs taskctl's workers had started when the job was read (``retries_owed``).
         self.taskctl_runs = 0
+        #: This run's fencing token (taskctl.fencing), once a taskctl worker started it.
+        self.fencing_token = 0
+        #: The execution (RQ's record of this run) whose lease every write of its outcome must hold.
+        self.fenced_by: Any = None
+
+    @property
+    def started_job_registry(self) -> LeaseRegistry:
+        return LeaseRegistry(self.origin, connection=self.connection, job_class=type(self), serializer=self.serializer)
 
     def restore(self, raw_data: Any) -> Any:
         restored = super().restore(raw_data)
@@ -72,8 +78,6 @@ class CatalogJob(rq.job.Job):
             self.retries_left = (self.retries_left or 0) + owed
             pipeline.hset(self.key, "retries_left", self.retries_left)
         super().prepare_for_execution(worker_name, pipeline)
-        self.taskctl_runs += 1
-        pipeline.hincrby(self.key, TASKCTL_RUNS, 1)
 
     @property
     def func_name(self) -> str:
@@ -237,6 +241,22 @@ class Queue(rq.Queue):
     @property
     def wakeup_key(self) -> str:
         return wakeup_key(self.key)
+
+    @property
+    def started_job_registry(self) -> LeaseRegistry:
+        return LeaseRegistry(queue=self, job_class=self.job_class, serializer=self.serializer)
+
+    def move_dependents_to_ready(self, job: rq.job.Job, pipeline: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # RQ calls this first in the transaction that records a job's success, with the
+        # pipeline WATCHing: the seam where the record is made to depend on the run's lease.
+        execution = getattr(job, "fenced_by", None)
+        if pipeline is not None and execution is not None:
+            pipeline.watch(job.key)
+            if not held(pipeline, job, execution):
+                raise LeaseLostError(
+                    f"job {job.id}: run {getattr(job, 'fencing_token', '?')} no longer holds its lease"
+                )
+        return super().move_dependents_to_ready(job, pipeline, *args, **kwargs)
 
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
         # In the same round trip as the push itself: a token that wakes an idle worker.

@@ -49,6 +49,10 @@ class Settings:
     job_monitoring_interval: int = 5
     heartbeat_grace: int = 10
     maintenance_interval: int = 5
+    # A run's lease lasts job_monitoring_interval + heartbeat_grace s from its last renewal; a
+    # worker that could not renew stops the run lease_margin s before that (see
+    # taskctl.lease). Less than the grace, so that one late heartbeat does not stop a run.
+    lease_margin: float = 2.0
     # Address space a job may add to its process, in MiB (0: no limit): past it the job fails with MemoryError.
     job_memory_limit_mb: int = 0
     # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and
@@ -223,6 +227,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
     def number(name: str, default: int | float, minimum: float | None = None) -> int | float:
         return _number(name, env[name], type(default), minimum) if name in env else default
 
+    heartbeat_grace = int(number("TASKCTL_HEARTBEAT_GRACE", defaults.heartbeat_grace, minimum=2))
     return Settings(
         redis_url=redis_url,
         queues=queues,
@@ -238,8 +243,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         backoff_cap=float(number("TASKCTL_BACKOFF_CAP", defaults.backoff_cap)),
         result_ttl=int(number("TASKCTL_RESULT_TTL", defaults.result_ttl)),
         job_monitoring_interval=int(number("TASKCTL_JOB_MONITORING_INTERVAL", defaults.job_monitoring_interval)),
-        heartbeat_grace=int(number("TASKCTL_HEARTBEAT_GRACE", defaults.heartbeat_grace, minimum=2)),
+        heartbeat_grace=heartbeat_grace,
         maintenance_interval=int(number("TASKCTL_MAINTENANCE_INTERVAL", defaults.maintenance_interval)),
+        lease_margin=_lease_margin(env, heartbeat_grace),
         job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         sentinel_password=env.get("TASKCTL_SENTINEL_PASSWORD", ""),
@@ -263,6 +269,19 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         push_timeout=float(number("PUSH_TIMEOUT", defaults.push_timeout)),
         database_path=Path(env["DATABASE_PATH"]) if env.get("DATABASE_PATH") else None,
     )
+
+
+def _lease_margin(env: Mapping[str, str], heartbeat_grace: int) -> float:
+    """TASKCTL_LEASE_MARGIN, or by default 2 s, but never as much as the heartbeat grace (half of it then)."""
+    if "TASKCTL_LEASE_MARGIN" not in env:
+        return min(Settings.lease_margin, heartbeat_grace / 2)
+    margin = float(_number("TASKCTL_LEASE_MARGIN", env["TASKCTL_LEASE_MARGIN"], float))
+    if margin >= heartbeat_grace:
+        raise SettingsError(
+            f"TASKCTL_LEASE_MARGIN={env['TASKCTL_LEASE_MARGIN']!r} must be less than TASKCTL_HEARTBEAT_GRACE"
+            f" ({heartbeat_grace}): a run would stop before its next heartbeat could renew its lease"
+        )
+    return margin
 
 
 @lru_cache(maxsize=1)

@@ -56,6 +56,8 @@ class JobReport:
     worker: str | None
     attempts: int
     """Runs so far (a retry waiting to run is not counted yet)."""
+    run: int
+    """The fencing token of the latest run a taskctl worker started (0: none yet); see taskctl.fencing."""
     retries_left: int
     scheduled_for: datetime | None
     """When a scheduled job (delayed, periodic, or a retry waiting out its backoff) is due."""
@@ -86,6 +88,7 @@ def report(job: CatalogJob) -> JobReport:
         ended_at=job.ended_at,
         worker=job.worker_name,
         attempts=int(job.meta.get(FAILED_RUNS, 0)) + (1 if status in SUCCESS_OR_RUNNING else 0),
+        run=job.taskctl_runs,
         retries_left=job.retries_left or 0,
         scheduled_for=scheduled_for(job) if status == JobStatus.SCHEDULED else None,
         progress=job.meta.get("progress") if isinstance(job.meta.get("progress"), dict) else None,

@@ -44,18 +44,24 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import rq
+import rq.executions
 import rq.group
 import rq.scheduler
 import rq.utils
 import rq.worker.base
 import rq.worker_registration
+from redis.exceptions import WatchError
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
 from rq.exceptions import StopRequested
-from rq.registry import clean_registries as clean_queue_registries
+from rq.executions import ExecutionRegistry
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.utils import as_text
@@ -63,7 +69,9 @@ from rq.utils import as_text
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
+from taskctl.exceptions import LeaseLostError
 from taskctl.foreign import WORKER_MARK, fleet_pass
+from taskctl.lease import Lease, LeaseGuard, LeaseRegistry, held, redis_now, renew, start
 from taskctl.rqclasses import (
     FAILED_RUNS,
     NOT_RETRIED,
@@ -190,6 +198,8 @@ class _Worker(rq.worker.BaseWorker):
         self._heartbeat_sent_at = self._key_expires_at = 0.0
         self._suspension_checked_at = -1.0
         self.job_memory_limit_mb = settings.job_memory_limit_mb
+        self.lease = Lease(settings.lease_margin)
+        self._leased_job_id = ""
         super().__init__(rebuilt, name, *args, **kwargs)
         # One line per job started and one per job ended is the log; RQ's third
         # ("result is kept for 500 seconds") says what the settings say, per job, and its
@@ -215,9 +225,70 @@ class _Worker(rq.worker.BaseWorker):
             interval = min(job.timeout - working_time, interval)
         return int(max(interval, 1)) + self.heartbeat_grace
 
+    def prepare_execution(self, job: rq.job.Job) -> rq.executions.Execution:
+        """RQ's first step of a run (its prepare_execution and Execution.create), made conditional.
+
+        RQ registers the run whatever became of the job since the worker claimed it; a
+        worker frozen in between ran the job beside the run that started it meanwhile.
+        Here the registration is taskctl.lease's start script, in RQ's pipeline: it
+        refuses unless the job is still queued and no other run holds its lease, and it
+        takes the run's fencing token. The lease is counted from before it was sent.
+        """
+        ttl = self.get_heartbeat_ttl(job)
+        execution = rq.executions.Execution(uuid.uuid4().hex, job.id, self.connection, worker_name=self.name)
+        execution._job = job
+        sent_at = time.monotonic()
+        with self.connection.pipeline() as pipeline:
+            start(pipeline, job, execution, ttl)
+            execution.save(ttl=ttl, pipeline=pipeline)
+            ExecutionRegistry(job_id=job.id, connection=pipeline).add(execution, ttl, pipeline)
+            pipeline.sadd(execution.worker_executions_key, execution.composite_key)
+            pipeline.expire(execution.worker_executions_key, ttl + 60)
+            self.set_state(rq.worker.WorkerStatus.BUSY, pipeline=pipeline)
+            token = pipeline.execute()[0]
+        if not token:
+            with self.connection.pipeline() as pipeline:
+                execution.delete(job, pipeline)
+                self.set_state(rq.worker.WorkerStatus.IDLE, pipeline=pipeline)
+                pipeline.execute()
+            raise LeaseLostError(f"job {job.id}: no longer queued, or another run holds its lease; not started here")
+        self.executions[execution.id] = execution
+        self.lease.granted(sent_at, ttl)
+        self._leased_job_id = job.id
+        job.fenced_by = execution  # type: ignore[attr-defined]  # CatalogJob's, or a plain attribute
+        job.fencing_token = int(token)  # type: ignore[attr-defined]
+        return execution
+
     def prepare_job_execution(self, job: rq.job.Job, remove_from_intermediate_queue: bool = False) -> None:
         # Every job was claimed into its queue's intermediate list (Queue.dequeue_any), not only one-queue workers'.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
+    def maintain_heartbeats(self, job: rq.job.Job, execution: rq.executions.Execution) -> None:
+        # RQ's, with the run's lease renewed by a script that refuses once the run is not
+        # the job's current one (recovered, superseded, deleted): then the run stops.
+        sent_at = time.monotonic()
+        worker_ttl = self.job_monitoring_interval + 60
+        working_time = (rq.utils.now() - job.started_at).total_seconds() if job.started_at else 0.0
+        ttl = int(self.get_heartbeat_ttl(job, working_time=working_time))
+        with self.connection.pipeline() as pipeline:
+            self.heartbeat(worker_ttl, pipeline=pipeline)
+            pipeline.hset(execution.key, "last_heartbeat", rq.utils.now().timestamp())
+            pipeline.expire(execution.key, ttl)
+            renewed_at = len(pipeline)
+            renew(pipeline, LeaseRegistry(job.origin, self.connection).key, job.id, execution.composite_key,
+                  ttl, execution.id)  # fmt: skip
+            ExecutionRegistry(job_id=job.id, connection=pipeline).add(execution, ttl, pipeline, xx=True)
+            results = pipeline.execute()
+            if results[0] == 1:  # the worker's hash had expired: RQ writes it again, with a TTL
+                pipeline.hset(self.key, mapping=self.serialize())  # type: ignore[arg-type]
+                pipeline.expire(self.key, worker_ttl)
+                pipeline.execute()
+        if results[renewed_at]:
+            self.lease.granted(sent_at, ttl)
+        elif self.lease.deadline:
+            self.log.warning("Worker %s: job %s: the run is no longer the job's current one; stopping it",
+                             self.name, job.id)  # fmt: skip
+            self.lease.lost()
 
     def handle_execution_ended(self, job: rq.job.Job, queue: rq.Queue, heartbeat_ttl: int) -> None:
         # RQ sends a heartbeat here (a round trip per job) to cover the job's success or
@@ -247,9 +318,12 @@ class _Worker(rq.worker.BaseWorker):
             if not queue.acquire_maintenance_lock():
                 continue
             try:
-                abandoned = _abandoned_runs(queue)
+                # By Redis's clock: the one the leases are scored with (taskctl.lease).
+                registry, score = queue.started_job_registry, redis_now(self.connection)
+                abandoned = _abandoned_runs(queue, registry.drop_superseded(score))
                 with _silenced("rq.job", "rq.registry"):
-                    clean_queue_registries(queue, self._exc_handlers)
+                    registry.cleanup(score, self._exc_handlers)
+                    _clean_other_registries(queue)
                 rq.worker_registration.clean_worker_registry(queue)
                 given_back = ClaimedJobs(queue.key, connection=self.connection).cleanup(self, queue)
             finally:
@@ -276,6 +350,12 @@ class _Worker(rq.worker.BaseWorker):
         self._through_outages(
             fleet_pass, self.connection, self.queue_names(), self.maintenance_interval, settings.failure_ttl, self.log
         )
+
+    def _not_started(self, exc: LeaseLostError) -> None:
+        self.log.warning("Worker %s: %s (this worker was held up between its claim and the start)", self.name, exc)
+
+    def _lease_holder(self) -> str:
+        return f"worker {self.name}, job {self._leased_job_id}"
 
     def _stopping(self) -> bool:
         return bool(self._stop_requested)
@@ -343,25 +423,91 @@ class _Worker(rq.worker.BaseWorker):
 
     def handle_exception(self, job: rq.job.Job, *exc_info: Any) -> None:
         # RQ calls this with the job's exception just before it decides on a retry:
-        # count the failed run, and let a permanent error spend no retry.
+        # count the failed run, and let a permanent error spend no retry (both are written
+        # with the failure itself, in handle_job_failure).
+        if isinstance(exc_info[1], REDIS_DOWN_ERRORS):
+            # Most likely not the job's failure but this worker's Redis gone (the job's end
+            # could not be recorded): then raise that, and the worker waits for Redis.
+            self.connection.ping()
         job.meta[FAILED_RUNS] = int(job.meta.get(FAILED_RUNS, 0)) + 1
         if isinstance(exc_info[1], NOT_RETRIED):
             job.retries_left = 0
             job.meta[RETRIES_WAIVED] = True  # spent by taskctl: never given back (retries_owed)
-        job.save_meta()  # type: ignore[no-untyped-call]  # one HSET, on failures only
         if isinstance(job, CatalogJob) and not job.readable:
             # RQ's version logs the job's function and arguments, which cannot be read.
             self.log.error("Worker %s: job %s: %s", self.name, job.id, UNREADABLE_DATA)
             return
+        if isinstance(exc_info[1], LeaseLostError):  # a stale run: one line, not a traceback
+            self.log.warning("Worker %s: job %s: %s", self.name, job.id, exc_info[1])
+            return
         super().handle_exception(job, *exc_info)
 
-    def handle_job_failure(self, job: rq.job.Job, queue: rq.Queue, *args: Any, **kwargs: Any) -> None:
+    def handle_job_failure(
+        self, job: rq.job.Job, queue: rq.Queue, started_job_registry: Any = None, exc_string: str = "",
+        execution: Any = None,
+    ) -> None:  # fmt: skip
         if isinstance(job, CatalogJob) and not job.readable:
             job.retries_left = 0  # data that is not JSON will not become JSON on a retry
-            kwargs["exc_string"] = f"taskctl.exceptions.UnreadableJobError: {UNREADABLE_DATA}"
-        super().handle_job_failure(job, queue, *args, **kwargs)
+            exc_string = f"taskctl.exceptions.UnreadableJobError: {UNREADABLE_DATA}"
+        fenced_by = getattr(job, "fenced_by", None)
+        if fenced_by is None:  # not a run of this worker's (RQ's tools call this too)
+            job.save_meta()  # type: ignore[no-untyped-call]
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        elif not self._record_failure(job, queue, exc_string, fenced_by):
+            return
         if job.get_status(refresh=True) == rq.job.JobStatus.FAILED:
             cancel_dependents(job, f"{job.description or job.id} failed")
+
+    def _record_failure(self, job: rq.job.Job, queue: rq.Queue, exc_string: str, execution: Any) -> bool:
+        """RQ's handle_job_failure, in a transaction that holds only while the run holds its lease.
+
+        RQ's writes the failure whatever became of the job meanwhile: a run that lost its
+        lease recorded its failure, or its retry, over the newer run's. The writes are
+        RQ's own (its data model), in one MULTI that WATCHes the job's hash: a recovery
+        or a newer run's start changes that hash, and the transaction is not applied.
+        """
+        job.fenced_by = None  # type: ignore[attr-defined]
+        stopped = self._stopped_job_id == job.id
+        retry = job.should_retry and not stopped
+        retries_left, status = job.retries_left, job._status
+        with self.connection.pipeline() as pipeline:
+            while True:
+                try:
+                    pipeline.watch(job.key)  # type: ignore[no-untyped-call]
+                    if not held(pipeline, job, execution):
+                        self.executions.pop(execution.id, None)
+                        self.log.warning("Worker %s: job %s: run %s no longer holds the job's lease (recovered, or "
+                                         "run again elsewhere); its failure is not recorded", self.name, job.id,
+                                         getattr(job, "fencing_token", "?"))  # fmt: skip
+                        return False
+                    pipeline.multi()
+                    if stopped:
+                        job.set_status(rq.job.JobStatus.STOPPED, pipeline=pipeline)
+                    elif not retry:
+                        job.set_status(rq.job.JobStatus.FAILED, pipeline=pipeline)
+                    pipeline.hset(job.key, "meta", job._serialize_meta())
+                    self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+                    if not self.disable_default_exception_handler and not retry:
+                        job._handle_failure(exc_string, pipeline=pipeline, worker_name=self.name,
+                                            execution_id=execution.id, execution_started_at=execution.created_at,
+                                            execution_ended_at=job.ended_at)  # fmt: skip
+                    self.increment_failed_job_count(pipeline)
+                    if job.started_at and job.ended_at:
+                        self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+                    if retry:
+                        _retry(job, queue, pipeline)
+                    pipeline.execute()
+                    break
+                except WatchError:  # the hash changed (a heartbeat, or the end of the lease): look again
+                    job.retries_left, job._status = retries_left, status
+        if stopped:
+            self._stopped_job_id = None
+        elif not retry:
+            job.send_webhooks(rq.job.JobStatus.FAILED, exc_string=exc_string)
+        if not retry:
+            self._enqueue_dependents_safely(queue, job)
+        self._release_slot_safely(job)
+        return True
 
 
 class Worker(_Worker, rq.SimpleWorker):
@@ -385,11 +531,17 @@ class Worker(_Worker, rq.SimpleWorker):
         self._monitor.watch(job, queue)
         try:
             super().execute_job(job, queue)
+        except LeaseLostError as exc:
+            self._not_started(exc)
         except REDIS_DOWN_ERRORS as exc:
-            self._monitor.watch(None, None)  # the job has ended: waiting for Redis is no overrun
+            # The job's code has returned: waiting for Redis is neither an overrun nor a run
+            # that must stop with its lease (the job is run again once the lease is over).
+            self._monitor.watch(None, None)
+            self.lease.end()
             self._job_lost_redis(job, exc)
         finally:
             self._monitor.watch(None, None)
+            self.lease.end()
 
     def stop_scheduler(self) -> None:
         # RQ's version signals the scheduler's process; this one is a thread.
@@ -400,6 +552,7 @@ class Worker(_Worker, rq.SimpleWorker):
     def work(self, *args: Any, **kwargs: Any) -> bool:
         _use_scheduler(ThreadScheduler)
         self._monitor.start()
+        LeaseGuard(self.lease, self._lease_holder).start()
         if self.job_memory_limit_mb:
             limit_address_space(self.job_memory_limit_mb)
         return bool(super().work(*args, **kwargs))
@@ -472,6 +625,9 @@ class ForkingWorker(_Worker, rq.Worker):
         die_with_parent()
         if os.getppid() != parent:  # the worker died before the line above took effect
             os._exit(1)
+        # The worker renews the lease; the horse stops itself when it was not renewed in
+        # time, even when the worker is the one frozen or cut off.
+        LeaseGuard(self.lease, self._lease_holder).start()
         if self.job_memory_limit_mb:
             limit_address_space(self.job_memory_limit_mb)
         if job.timeout and job.timeout > 0:
@@ -486,17 +642,43 @@ class ForkingWorker(_Worker, rq.Worker):
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
         try:
             super().execute_job(job, queue)
+        except LeaseLostError as exc:  # from prepare_execution: no work-horse was forked
+            self._not_started(exc)
         except REDIS_DOWN_ERRORS as exc:
-            if self._horse_pid:
+            if self._horse_pid:  # it ends by itself, at the latest when its lease runs out
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(self._horse_pid, 0)
                 self._horse_pid = 0
+            self.lease.end()
             self._job_lost_redis(job, exc)
+        finally:
+            self.lease.end()
 
 
-def _abandoned_runs(queue: rq.Queue) -> dict[str, str]:
-    """The runs whose heartbeat has expired, which the registry cleanup is about to recover: id -> worker."""
-    job_ids = queue.started_job_registry.get_expired_job_ids()
+def _retry(job: rq.job.Job, queue: rq.Queue, pipeline: Any) -> None:
+    """RQ's Job.retry, with every write in the pipeline (RQ's writes the job's status outside it)."""
+    interval = job.get_retry_interval()
+    job.retries_left = (job.retries_left or 1) - 1
+    if interval:
+        at = rq.utils.now() + timedelta(seconds=interval)
+        job.set_status(rq.job.JobStatus.SCHEDULED, pipeline=pipeline)
+        queue.schedule_job(job, at, pipeline=pipeline)
+        job.log.info("Job %s: scheduled for retry at %s, %s remaining", job.id, at, job.retries_left)
+    else:
+        queue._enqueue_job(job, pipeline=pipeline, at_front=job.enqueue_at_front_on_retry)
+        job.log.info("Job %s: enqueued for retry, %s remaining", job.id, job.retries_left)
+
+
+def _clean_other_registries(queue: rq.Queue) -> None:
+    """RQ's clean_registries without the started registry, which LeaseRegistry cleans by Redis's clock."""
+    for registry_class in (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry, ReadyJobRegistry):
+        registry_class(queue=queue, job_class=queue.job_class).cleanup()
+    for rate_limit_registry in RateLimitRegistry.all(queue.connection):
+        rate_limit_registry.cleanup()
+
+
+def _abandoned_runs(queue: rq.Queue, job_ids: list[str]) -> dict[str, str]:
+    """The runs whose lease has expired, which the registry cleanup is about to recover: id -> worker."""
     if not job_ids:
         return {}
     with queue.connection.pipeline(transaction=False) as pipeline:

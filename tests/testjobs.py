@@ -159,3 +159,33 @@ def undecodable(log: str) -> None:
 
     _append(log, f"undecodable {time.time()}\n")
     raise DeserializationError("the job's own data could not be decoded")
+
+
+@job(timeout=120, retries=5, backoff=0)
+def fenced_steps(database: str, log: str, name: str, steps: int, pause: float) -> int:
+    """Write ``steps`` rows, one fenced transaction each, logging every attempt and its outcome.
+
+    The rows (in commit order) and the log are what the partition tests count: which
+    run wrote what, and when, and whether a stale run's write was refused.
+    """
+    from contextlib import closing
+
+    from jobs import shop
+    from taskctl.exceptions import LeaseLostError
+    from taskctl.fencing import current_run
+
+    run = current_run()
+    token = run.token if run else 0
+    _append(log, f"start {name} {token} {os.getpid()} {time.time()}\n")
+    for step in range(steps):
+        time.sleep(pause)
+        with closing(shop.connect(Path(database))) as conn, shop.transaction(conn):
+            conn.execute("CREATE TABLE IF NOT EXISTS effects (name TEXT, token INTEGER, step INTEGER, at REAL)")
+            accepted = shop.fence(conn, run)
+            if accepted:
+                conn.execute("INSERT INTO effects VALUES (?, ?, ?, ?)", (name, token, step, time.time()))
+        _append(log, f"{'wrote' if accepted else 'refused'} {name} {token} {os.getpid()} {time.time()}\n")
+        if not accepted:
+            raise LeaseLostError(f"run {token} of {name} is stale")
+    _append(log, f"end {name} {token} {os.getpid()} {time.time()}\n")
+    return token
