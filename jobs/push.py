@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from taskctl.declare import job
 from taskctl.exceptions import PermanentError, TransientError
+from taskctl.fencing import Run, current_run
 from taskctl.settings import Settings, get_settings, mask_url
 
 MAX_MESSAGE_LENGTH = 4000
@@ -48,7 +49,7 @@ def push_notification(user_id: int, message: str) -> dict[str, Any]:
     if not settings.push_url:
         path = _append_line(settings.push_log, {**payload, "idempotency_key": key})
         return {"user_id": user_id, "delivered_via": "file", "path": str(path)}
-    return {"user_id": user_id, "delivered_via": "http", "status": _post(settings, payload, key)}
+    return {"user_id": user_id, "delivered_via": "http", "status": _post(settings, payload, key, current_run())}
 
 
 def idempotency_key(user_id: int, message: str) -> str:
@@ -85,8 +86,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _post(settings: Settings, payload: dict[str, Any], key: str) -> int:
-    """POST the payload; return the 2xx status. The exception type tells the worker whether a retry can help."""
+def _post(settings: Settings, payload: dict[str, Any], key: str, run: Run | None) -> int:
+    """POST the payload; return the 2xx status. The exception type tells the worker whether a retry can help.
+
+    Inside a worker, the run's fencing token goes with the idempotency key: a receiver
+    that keeps the highest token per key can refuse a stale run's request.
+    """
     url = settings.push_url
     shown = mask_url(url)
     parts = urlsplit(url)
@@ -96,6 +101,8 @@ def _post(settings: Settings, payload: dict[str, Any], key: str) -> int:
         # urllib would send them nowhere, and http.client puts them in its own errors.
         raise PermanentError(f"PUSH_URL={shown!r} contains credentials; put the token in PUSH_TOKEN instead")
     headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    if run is not None:
+        headers["Fencing-Token"] = str(run.token)
     token = settings.push_token
     if token:
         # http.client quotes an invalid header value in its error, which would print the token.

@@ -185,6 +185,14 @@ class _Worker(rq.worker.BaseWorker):
             name = f"{socket.gethostname()}.{os.getpid()}"
         given = [queues] if isinstance(queues, (str, rq.Queue)) else list(queues)
         connection = kwargs.get("connection")
+        if kwargs.get("prepare_for_work", True) and connection is not None:
+            # RQ's start-up talks to Redis at once: a worker started while Redis cannot be
+            # reached (a pool replacing a worker during an outage or a partition) died with a
+            # traceback, over and over. It waits for Redis instead, one line per try.
+            try:
+                connection.ping()
+            except REDIS_DOWN_ERRORS:
+                wait_until_answers(connection, logging.getLogger("rq.worker"), settings.redis_url)
         rebuilt = [
             q
             if isinstance(q, Queue)

@@ -682,3 +682,34 @@ def test_a_worker_waiting_for_redis_stops_at_once_on_sigterm(
     text = output.read_text()
     assert code == 0, text
     assert "Traceback" not in text and "stopping while Redis cannot be reached" in text
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it_then_runs_jobs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As a pool's replacement worker during an outage or a partition: it waits, one line per try, no traceback.
+
+    (The plain `rq worker` command itself asks Redis for stale workers before it builds
+    its worker: in an outage it exits 1 with one line, for its process manager to restart.)
+    """
+    port = free_port()
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    from taskctl.settings import get_settings
+
+    get_settings.cache_clear()
+    output = tmp_path / "worker.log"
+    with open(output, "w") as sink:
+        worker = subprocess.Popen([str(BIN / "rq"), "worker-pool", "-n", "1"], env=dict(os.environ), cwd=ROOT,
+                                  stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while output.read_text().count("cannot reach Redis") < 2:
+            assert time.monotonic() < deadline and worker.poll() is None, output.read_text()
+            time.sleep(0.05)
+        with redis_server(port, tmp_path / "redis"):
+            job_id = taskctl("enqueue", "add", "2", "3").output.split(" as ")[1].split()[0]
+            assert wait_until_final(Redis(port=port), [job_id], timeout=30) == {job_id: "finished"}
+    finally:
+        stop(worker, timeout=5)
+    text = output.read_text()
+    assert "Traceback" not in text and "answers again" in text, text

@@ -17,8 +17,9 @@ import pytest
 
 from jobs.push import push_notification
 from taskctl import settings as taskctl_settings
+from taskctl.enqueue import enqueue_call
 from taskctl.exceptions import PermanentError, TransientError
-from tests.conftest import free_port
+from tests.conftest import free_port, run_burst_worker
 
 TOKEN = "s3cr3t-T0KEN"
 
@@ -134,6 +135,27 @@ def test_posts_json_with_bearer_token_and_idempotency_key_and_server_receives_it
     assert received.body["message"] == "Your order has shipped"
     assert_recent_utc(received.body["sent_at"])
     assert not env.exists()
+
+
+def test_from_a_worker_the_request_carries_the_runs_fencing_token(
+    monkeypatch: pytest.MonkeyPatch, push_server: PushServer, configured: str
+) -> None:
+    use_push(monkeypatch, push_server.url)
+    enqueue_call("push_notification", (42, "Your order has shipped"))
+
+    run_burst_worker("high")
+
+    [received] = push_server.received
+    assert received.headers["Fencing-Token"] == "1"  # the job's first run
+    assert received.headers["Idempotency-Key"] == expected_key(42, "Your order has shipped")
+
+
+def test_called_directly_there_is_no_fencing_token(monkeypatch: pytest.MonkeyPatch, push_server: PushServer) -> None:
+    use_push(monkeypatch, push_server.url)
+
+    push_notification(1, "hi")
+
+    assert "Fencing-Token" not in push_server.received[0].headers
 
 
 def test_a_retry_sends_the_same_idempotency_key_and_another_message_a_different_one(
