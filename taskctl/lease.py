@@ -101,8 +101,8 @@ class LeaseRegistry(StartedJobRegistry):
     """RQ's started registry, on Redis's clock, recovering only a job's current run.
 
     An expired entry of a run that is no longer the job's current one (a newer run
-    started) is dropped; RQ's cleanup would take the job, running again elsewhere,
-    for abandoned, and retry it beside itself.
+    started, and holds an entry of its own) is dropped; RQ's cleanup would take the
+    job, running again elsewhere, for abandoned, and retry it beside itself.
     """
 
     def add_execution(self, execution: Any, pipeline: Any, ttl: int = 0, xx: bool = False) -> Any:
@@ -129,9 +129,14 @@ class LeaseRegistry(StartedJobRegistry):
         with self.connection.pipeline(transaction=False) as pipeline:
             for job_id, _ in runs:
                 pipeline.hget(self.job_class.key_for(job_id), CURRENT_RUN)
-            current = pipeline.execute()
-        superseded = [e for e, (_, run), now_running in zip(entries, runs, current, strict=True)
-                      if now_running is not None and as_text(now_running) != run]  # fmt: skip
+            current = [as_text(c) if c is not None else None for c in pipeline.execute()]
+            # Replaced only by a run that is in the registry itself: a run that no taskctl
+            # worker started (it names none) is recovered as RQ would.
+            others = [(job_id, c) for (job_id, run), c in zip(runs, current, strict=True) if c not in (None, run)]
+            for job_id, other in others:
+                pipeline.zscore(self.key, f"{job_id}:{other}")
+            present = {other for (_, other), score in zip(others, pipeline.execute(), strict=True) if score is not None}
+        superseded = [e for e, (_, run), c in zip(entries, runs, current, strict=True) if c != run and c in present]
         if superseded:
             self.connection.zrem(self.key, *superseded)
         return [job_id for (job_id, _), entry in zip(runs, entries, strict=True) if entry not in superseded]

@@ -175,6 +175,25 @@ def test_a_run_that_lost_its_lease_records_neither_its_result_nor_its_failure(co
     assert CatalogJob.fetch(job_id, connection=redis).latest_result() is None
 
 
+def test_an_expired_run_replaced_by_a_newer_one_is_dropped_and_one_no_taskctl_worker_started_is_recovered(
+    configured: str, redis: Redis
+) -> None:
+    queue = Queue("default", connection=redis)
+    replaced, foreign = (enqueue_call("add", (1, 2), backoff=0).id for _ in range(2))
+    registry = queue.started_job_registry
+    for job_id, current in ((replaced, "newer"), (foreign, "an-earlier-taskctl-run")):
+        redis.lrem(queue.key, 1, job_id)
+        redis.hset(CatalogJob.key_for(job_id), mapping={"status": "started", CURRENT_RUN: current})
+        redis.zadd(registry.key, {f"{job_id}:stale": 1})  # expired long ago
+    redis.zadd(registry.key, {f"{replaced}:newer": time.time() + 60})  # the newer run, holding its lease
+
+    registry.cleanup()
+
+    assert redis.hget(CatalogJob.key_for(replaced), "status") == b"started"  # left to the newer run
+    assert redis.hget(CatalogJob.key_for(foreign), "status") == b"queued"  # recovered: retried
+    assert redis.zrange(registry.key, 0, -1) == [f"{replaced}:newer".encode()]
+
+
 def test_outside_a_worker_there_is_no_run_to_fence() -> None:
     assert current_run() is None
 
