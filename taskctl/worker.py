@@ -20,6 +20,10 @@ What both add to RQ's workers, each for a failure seen in practice:
 - heartbeats every few seconds and a short grace, and maintenance every few
   seconds, so a job whose worker died is retried or failed within a bounded time
   (about 30 s with the defaults; RQ's took about 815 s);
+- a lease per run (taskctl.lease): a run goes on only while its worker renews the
+  job's lease in time, and stops before the lease can run out, so that two runs
+  of a job never overlap; a run that lost it records nothing; each run takes a
+  fencing token (taskctl.fencing) for what it writes;
 - processes that die with their parent (``PR_SET_PDEATHSIG``): a work-horse, a
   scheduler, a pool's worker never run on as orphans after the process that
   supervises them was killed;

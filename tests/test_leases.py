@@ -98,7 +98,7 @@ def test_a_frozen_run_is_replaced_and_after_thawing_it_writes_and_records_nothin
     final = wait_until_final(redis, [job_id], timeout=60)
     effects = audit_effects(database, log, ["j"], 24)
     runs = effects.runs
-    late = active_after_newer_start(runs, first_run)
+    late = active_after_newer_start(runs, runs[("j", 1)])  # as the log ended, not as it was at the freeze
 
     assert final == {job_id: "finished"}
     assert sorted(runs) == [("j", 1), ("j", 2)] and superseded(runs, runs[("j", 1)])
