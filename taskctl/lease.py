@@ -130,8 +130,8 @@ class LeaseRegistry(StartedJobRegistry):
             for job_id, _ in runs:
                 pipeline.hget(self.job_class.key_for(job_id), CURRENT_RUN)
             current = [as_text(c) if c is not None else None for c in pipeline.execute()]
-            # Replaced only by a run that is in the registry itself: a run that no taskctl
-            # worker started (it names none) is recovered as RQ would.
+            # Replaced only by a run that has an entry itself. A run that no taskctl worker
+            # started does not name itself; the run still named has none: it is recovered as RQ would.
             others = [(job_id, c) for (job_id, run), c in zip(runs, current, strict=True) if c not in (None, run)]
             for job_id, other in others:
                 pipeline.zscore(self.key, f"{job_id}:{other}")
