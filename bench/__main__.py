@@ -4,8 +4,9 @@ Starts its own redis-server on a free port (append-only file, as in production),
 then for each repeat, alternating the systems: enqueue rates (one at a time and
 bulk), processing rates for no-op and 50 ms I/O-bound jobs with two (--workers) job-running
 processes each, worker memory (RSS, children included), and enqueue-to-start
-latency at idle. Prints a table and the ratios the goals are stated in, and
-writes the figures as JSON.
+latency at idle; and what each job costs Redis (commands and CPU, from Redis's own
+counters), with the ceiling that puts on a whole fleet sharing one Redis. Prints a
+table and the ratios the goals are stated in, and writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -173,6 +174,35 @@ def drain(client: Client, job: str, count: int, processes: list[psutil.Process],
     return count / (time.perf_counter() - started), max(peak, rss_mb(processes))
 
 
+def redis_counters(redis: Redis) -> tuple[int, float]:
+    """Commands Redis has run (those inside Lua scripts included) and the CPU seconds it has used."""
+    calls = sum(int(stats["calls"]) for stats in redis.info("commandstats").values())
+    cpu = redis.info("cpu")
+    return calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
+def redis_cost(
+    client: Client, system: str, url: str, env: dict[str, str], jobs: int, count: int
+) -> tuple[float, float]:
+    """Redis commands and CPU microseconds per no-op job, for the workers alone.
+
+    The jobs are queued before the workers start, so the enqueue is not counted; what is
+    counted besides the jobs (the workers' start-up, idle heartbeats, this script's
+    polling, a few commands a second) is small beside thousands of jobs.
+    """
+    client.redis.flushdb()
+    client.enqueue_bulk("noop", jobs)
+    calls_before, cpu_before = redis_counters(client.redis)
+    with workers(system, url, env, count):
+        deadline = time.monotonic() + 600
+        while client.done() < jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{system}: {client.done()} of {jobs} no-op jobs done after 600 s")
+            time.sleep(0.2)
+        calls_after, cpu_after = redis_counters(client.redis)
+    return (calls_after - calls_before) / jobs, (cpu_after - cpu_before) / jobs * 1e6
+
+
 def run_system(
     system: str, url: str, env: dict[str, str], jobs: int, io_jobs: int, samples: int, count: int = WORKERS
 ) -> dict[str, float]:
@@ -193,6 +223,9 @@ def run_system(
         io_rate, io_rss = drain(client, "io_wait", io_jobs, processes, timeout=600)
         figures["io_jobs_per_s"], figures["io_rss_mb"] = io_rate, io_rss
         figures["io_jobs_per_s_per_gb"] = io_rate / (io_rss / 1024)
+    figures["redis_commands_per_job"], figures["redis_cpu_us_per_job"] = redis_cost(
+        client, system, url, env, jobs, count
+    )
     client.redis.flushdb()
     return figures
 
@@ -248,6 +281,12 @@ def report(medians: dict[str, dict[str, float]]) -> None:
     print(f"{'system':<16}" + "".join(f"{title:>11}" for _, title in columns))
     for system, figures in medians.items():
         print(f"{system:<16}" + "".join(f"{figures[key]:>11.1f}" for key, _ in columns))
+    print("\nwhat each no-op job costs Redis, and the ceiling of one Redis (one core) for a whole fleet:")
+    for system, figures in medians.items():
+        cpu = figures["redis_cpu_us_per_job"]
+        ceiling = f"{1e6 / cpu:,.0f} jobs/s" if cpu > 0 else "(too few jobs to measure)"
+        commands = figures["redis_commands_per_job"]
+        print(f"  {system:<16}{commands:>6.1f} commands, {cpu:>6.1f} µs of Redis CPU: {ceiling}")
     ours = medians.get("taskctl")
     if not ours:
         return

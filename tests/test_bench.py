@@ -23,8 +23,11 @@ def test_the_benchmark_completes_and_reports_every_system(tmp_path: Path) -> Non
     figures = json.loads(out.read_text())
     assert set(figures["medians"]) == {"taskctl", "rq worker", "rq SimpleWorker", "celery prefork"}
     for system, values in figures["medians"].items():
-        assert all(value > 0 for value in values.values()), (system, values)
+        # Redis's CPU counters may not move over the smoke run's 20 jobs; everything else must.
+        assert values["redis_cpu_us_per_job"] >= 0, (system, values)
+        assert all(value > 0 for key, value in values.items() if key != "redis_cpu_us_per_job"), (system, values)
     for system in figures["medians"]:
         assert system in done.stdout
     assert "noop_jobs_per_s vs celery prefork:" in done.stdout
+    assert "the ceiling of one Redis" in done.stdout
     assert figures["machine"]["cpus"] == os.cpu_count()
