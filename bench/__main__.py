@@ -165,13 +165,21 @@ def drain(client: Client, job: str, count: int, processes: list[psutil.Process],
     client.redis.flushdb()
     started = time.perf_counter()
     client.enqueue_bulk(job, count)
-    peak = 0.0
+    peaks = [0.0]
+    wait_until_done(client, job, count, timeout, 0.05, lambda: peaks.append(rss_mb(processes)))
+    return count / (time.perf_counter() - started), max(*peaks, rss_mb(processes))
+
+
+def wait_until_done(
+    client: Client, job: str, count: int, timeout: float, poll: float, each: Callable[[], object] = lambda: None
+) -> None:
+    """Until ``count`` jobs are done, calling ``each`` at every look; TimeoutError after ``timeout`` s."""
+    deadline = time.perf_counter() + timeout
     while client.done() < count:
-        peak = max(peak, rss_mb(processes))
-        if time.perf_counter() - started > timeout:
+        each()
+        if time.perf_counter() > deadline:
             raise TimeoutError(f"{client.system}: {client.done()} of {count} {job} jobs done after {timeout} s")
-        time.sleep(0.05)
-    return count / (time.perf_counter() - started), max(peak, rss_mb(processes))
+        time.sleep(poll)
 
 
 def redis_counters(redis: Redis) -> tuple[int, float]:
@@ -194,11 +202,7 @@ def redis_cost(
     client.enqueue_bulk("noop", jobs)
     calls_before, cpu_before = redis_counters(client.redis)
     with workers(system, url, env, count):
-        deadline = time.monotonic() + 600
-        while client.done() < jobs:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{system}: {client.done()} of {jobs} no-op jobs done after 600 s")
-            time.sleep(0.2)
+        wait_until_done(client, "noop", jobs, 600, 0.2)
         calls_after, cpu_after = redis_counters(client.redis)
     return (calls_after - calls_before) / jobs, (cpu_after - cpu_before) / jobs * 1e6
 

@@ -89,8 +89,8 @@ def update_inventory(order_id: int, items: list[dict[str, Any]]) -> dict[str, An
 def _fenced(conn: sqlite3.Connection) -> None:
     """Refuse, and roll back, the transaction of a run that a newer run of the job has overtaken."""
     run = current_run()
-    if not fence(conn, run):
-        raise LeaseLostError(f"run {run.token if run else '?'} of this job is stale: a newer run has written")
+    if run is not None and not fence(conn, run):
+        raise LeaseLostError(f"run {run.token} of this job is stale: a newer run has written")
 
 
 def _checked_items(items: Any) -> list[tuple[str, int]]:

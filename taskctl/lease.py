@@ -108,8 +108,7 @@ class LeaseRegistry(StartedJobRegistry):
     def add_execution(self, execution: Any, pipeline: Any, ttl: int = 0, xx: bool = False) -> Any:
         if ttl < 0:  # RQ's "never expires"
             return super().add_execution(execution, pipeline, ttl, xx)
-        return renew(pipeline, self.key, execution.job_id, execution.composite_key,
-                     ttl, execution.id if xx else "")  # fmt: skip
+        return renew(pipeline, self.key, execution, ttl, renewal=xx)
 
     def get_expired_job_ids(self, timestamp: float | None = None) -> list[str]:
         expired: list[str] = super().get_expired_job_ids(redis_now(self.connection) if timestamp is None else timestamp)
@@ -118,6 +117,10 @@ class LeaseRegistry(StartedJobRegistry):
     def cleanup(self, timestamp: float | None = None, exception_handlers: list[Any] | None = None) -> None:
         score = redis_now(self.connection) if timestamp is None else timestamp
         self.drop_superseded(score)
+        self.recover_expired(score, exception_handlers)
+
+    def recover_expired(self, score: float, exception_handlers: list[Any] | None = None) -> None:
+        """RQ's cleanup: the runs expired by ``score`` retried or failed as abandoned (drop_superseded first)."""
         super().cleanup(score, exception_handlers)
 
     def drop_superseded(self, score: float) -> list[str]:
@@ -146,10 +149,12 @@ class LeaseRegistry(StartedJobRegistry):
 # trip of their own (SCRIPT EXISTS) at every execute; Redis caches what EVAL compiles.
 
 
-def renew(client: Any, registry_key: str, job_id: str, entry: str, ttl: float, execution_id: str) -> Any:
-    """Queue (in a pipeline) or send the lease script; ``execution_id`` empty registers a new run."""
+def renew(client: Any, registry_key: str, execution: Any, ttl: float, renewal: bool = True) -> Any:
+    """Queue (in a pipeline) or send the lease script: a renewal, or the registration of a new run."""
     stamp = rq.utils.utcformat(rq.utils.now())
-    return client.eval(LEASE_SCRIPT, 2, registry_key, rq.job.Job.key_for(job_id), entry, ttl, execution_id, stamp)
+    job_key = rq.job.Job.key_for(execution.job_id)
+    check = execution.id if renewal else ""
+    return client.eval(LEASE_SCRIPT, 2, registry_key, job_key, execution.composite_key, ttl, check, stamp)
 
 
 def start(client: Any, job: rq.job.Job, execution: Any, ttl: float) -> Any:

@@ -44,8 +44,8 @@ class Settings:
     # Workers: heartbeat every job_monitoring_interval s while a job runs; a job whose
     # worker stopped heartbeating is recovered heartbeat_grace s later, at the next
     # maintenance pass (every maintenance_interval s, by any live worker). The grace is 2 s
-    # at least: RQ scores its registries in whole seconds and a heartbeat can be half a
-    # second late, so with 1 s a running job could be taken for abandoned.
+    # at least, and the lease margin below less than it, so that a heartbeat a second late
+    # neither ends the run's lease nor makes its worker stop the run.
     job_monitoring_interval: int = 5
     heartbeat_grace: int = 10
     maintenance_interval: int = 5

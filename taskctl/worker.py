@@ -75,7 +75,7 @@ from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
 from taskctl.exceptions import LeaseLostError
 from taskctl.foreign import WORKER_MARK, fleet_pass
-from taskctl.lease import Lease, LeaseGuard, LeaseRegistry, held, redis_now, renew, start
+from taskctl.lease import Lease, LeaseGuard, held, redis_now, renew, start
 from taskctl.rqclasses import (
     FAILED_RUNS,
     NOT_RETRIED,
@@ -287,8 +287,7 @@ class _Worker(rq.worker.BaseWorker):
             pipeline.hset(execution.key, "last_heartbeat", rq.utils.now().timestamp())
             pipeline.expire(execution.key, ttl)
             renewed_at = len(pipeline)
-            renew(pipeline, LeaseRegistry(job.origin, self.connection).key, job.id, execution.composite_key,
-                  ttl, execution.id)  # fmt: skip
+            renew(pipeline, job.started_job_registry.key, execution, ttl)
             ExecutionRegistry(job_id=job.id, connection=pipeline).add(execution, ttl, pipeline, xx=True)
             results = pipeline.execute()
             if results[0] == 1:  # the worker's hash had expired: RQ writes it again, with a TTL
@@ -334,7 +333,7 @@ class _Worker(rq.worker.BaseWorker):
                 registry, score = queue.started_job_registry, redis_now(self.connection)
                 abandoned = _abandoned_runs(queue, registry.drop_superseded(score))
                 with _silenced("rq.job", "rq.registry"):
-                    registry.cleanup(score, self._exc_handlers)
+                    registry.recover_expired(score, self._exc_handlers)
                     _clean_other_registries(queue)
                 rq.worker_registration.clean_worker_registry(queue)
                 given_back = ClaimedJobs(queue.key, connection=self.connection).cleanup(self, queue)

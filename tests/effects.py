@@ -8,8 +8,15 @@ row in the ``effects`` table, in commit order.
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+#: A lease of 5 s (renewed every second, 4 s of grace), given up 1 s before it runs out, and
+#: maintenance every second: a freeze or a partition plays out in seconds, not minutes.
+SHORT_LEASE_ENV = {"TASKCTL_JOB_MONITORING_INTERVAL": "1", "TASKCTL_HEARTBEAT_GRACE": "4",
+                   "TASKCTL_LEASE_MARGIN": "1", "TASKCTL_MAINTENANCE_INTERVAL": "1"}  # fmt: skip
 
 
 @dataclass
@@ -23,6 +30,13 @@ class Run:
     @property
     def ended(self) -> bool:
         return any(kind == "end" for kind, _ in self.activity)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
 
 
 def read_runs(log: Path) -> dict[tuple[str, int], Run]:

@@ -33,18 +33,14 @@ from taskctl.status import fetch_job
 from taskctl.status import wait_for as wait_for_job
 from taskctl.worker import Worker
 from tests.conftest import BIN, FORKING, IN_PROCESS, ROOT, SUMMARIES, taskctl
-from tests.effects import active_after_newer_start, audit_effects, read_runs, superseded
+from tests.effects import SHORT_LEASE_ENV, active_after_newer_start, audit_effects, read_runs, superseded, wait_for
 from tests.test_faults import wait_until_final
 
 pytestmark = pytest.mark.timeout(120)
 
-#: A lease of 5 s (renewed every second, 4 s of grace), given up 1 s before it runs out.
-LEASE_ENV = {"TASKCTL_JOB_MONITORING_INTERVAL": "1", "TASKCTL_HEARTBEAT_GRACE": "4", "TASKCTL_LEASE_MARGIN": "1",
-             "TASKCTL_MAINTENANCE_INTERVAL": "1"}  # fmt: skip
-
 
 @pytest.fixture
-def workers(configured: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(configured: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
@@ -56,18 +52,11 @@ def workers(configured: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[b
 def start_worker(started: list[subprocess.Popen[bytes]], log: Path, worker_class: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [str(BIN / "rq"), "worker", "-w", worker_class], env=dict(os.environ, **LEASE_ENV), cwd=ROOT,
+            [str(BIN / "rq"), "worker", "-w", worker_class], env=dict(os.environ, **SHORT_LEASE_ENV), cwd=ROOT,
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     started.append(process)
     return process
-
-
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -26,16 +26,21 @@ from redis import Redis
 from taskctl.enqueue import enqueue_call
 from taskctl.stack import redis_server, stop
 from tests.conftest import BIN, FORKING, IN_PROCESS, ROOT, SUMMARIES, free_port
-from tests.effects import Run, active_after_newer_start, audit_effects, read_runs, superseded
+from tests.effects import (
+    SHORT_LEASE_ENV,
+    Run,
+    active_after_newer_start,
+    audit_effects,
+    read_runs,
+    superseded,
+    wait_for,
+)
 from tests.test_faults import statuses, wait_until_final
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 #: Set by .ci/run: there the test must run (CI is root), not be skipped.
 REQUIRED = os.environ.get("TASKCTL_NETNS_TESTS") == "required"
-#: A short lease, so that the test takes a minute: renewed every 1 s, 4 s of grace, given up 1 s early.
-LEASE_ENV = {"TASKCTL_JOB_MONITORING_INTERVAL": "1", "TASKCTL_HEARTBEAT_GRACE": "4", "TASKCTL_LEASE_MARGIN": "1",
-             "TASKCTL_MAINTENANCE_INTERVAL": "1"}  # fmt: skip
 STEPS, PAUSE = 20, 0.5
 
 
@@ -105,13 +110,6 @@ def tree(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("worker_class", [IN_PROCESS, FORKING], ids=["in-process", "forking"])
 def test_partitioned_and_frozen_hosts_never_overlap_in_effect(
     hosts: list[Host], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_class: str
@@ -131,7 +129,7 @@ def test_partitioned_and_frozen_hosts_never_overlap_in_effect(
         # The Procfile's worker, two per host, as `taskctl up` runs it.
         command = [str(BIN / "rq"), "worker-pool", "-n", "2", "-w", worker_class]
         pools = {
-            host.name: host.run(command, dict(os.environ, **LEASE_ENV, REDIS_URL=f"redis://{host.redis_address}:"
+            host.name: host.run(command, dict(os.environ, **SHORT_LEASE_ENV, REDIS_URL=f"redis://{host.redis_address}:"
                                 f"{port}/0"), tmp_path / f"{host.name}.log")
             for host in (a, b)
         }  # fmt: skip
