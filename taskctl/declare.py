@@ -25,6 +25,7 @@ class JobSpec:
     timeout: int | None = None
     retries: int | None = None
     backoff: float | None = None
+    result_ttl: int | None = None
 
 
 def job(
@@ -34,6 +35,7 @@ def job(
     timeout: int | None = None,
     retries: int | None = None,
     backoff: float | None = None,
+    result_ttl: int | None = None,
 ) -> Callable[[F], F]:
     """Declare a function as a job: ``@job(queue="high", timeout=30, retries=5, backoff=10)``.
 
@@ -41,6 +43,9 @@ def job(
     (``taskctl enqueue send_email ...``), so keep it stable. ``retries`` is how
     many times a failed run is tried again (0: never); ``backoff`` the first
     wait in seconds, doubled each time up to the configured cap, with jitter.
+    ``result_ttl`` is how long a finished run and its result are kept, as RQ's
+    option of that name: ``0`` keeps nothing (the job is deleted as it finishes,
+    which costs Redis least), ``-1`` keeps them forever; unset, the settings say.
     """
 
     def decorate(func: F) -> F:
@@ -50,12 +55,14 @@ def job(
                 ("timeout", timeout, timeout is None or timeout > 0, "a positive number of seconds"),
                 ("retries", retries, retries is None or retries >= 0, "0 or more"),
                 ("backoff", backoff, backoff is None or backoff >= 0, "0 or more seconds"),
+                ("result_ttl", result_ttl, result_ttl is None or result_ttl >= -1, "0 or more seconds, or -1"),
             )
             if not ok
         ]
         if problems:
             raise ValueError(f"job {func.__name__}: " + "; ".join(problems))
-        spec = JobSpec(name=name or func.__name__, queue=queue, timeout=timeout, retries=retries, backoff=backoff)
+        spec = JobSpec(name=name or func.__name__, queue=queue, timeout=timeout, retries=retries, backoff=backoff,
+                       result_ttl=result_ttl)  # fmt: skip
         setattr(func, SPEC_ATTRIBUTE, spec)
         return func
 

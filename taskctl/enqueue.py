@@ -327,7 +327,8 @@ def rq_data(call: Prepared, settings: Settings) -> Any:
 def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:
     """A prepared call as the keyword arguments every RQ door takes (enqueue_call, create_job, prepare_data)."""
     return {
-        "args": call.args, "kwargs": call.kwargs, "timeout": call.timeout, "result_ttl": settings.result_ttl,
+        "args": call.args, "kwargs": call.kwargs, "timeout": call.timeout,
+        "result_ttl": resolve_result_ttl(call.entry, settings),
         "failure_ttl": settings.failure_ttl, "description": call.description, "retry": call.retry,
         "meta": call.meta or None,
     }  # fmt: skip
@@ -348,7 +349,7 @@ def _schedule(prepared: Prepared, connection: Redis, settings: Settings) -> Cata
         prepared.entry.func,
         args=prepared.args,
         kwargs=prepared.kwargs,
-        result_ttl=settings.result_ttl,
+        result_ttl=resolve_result_ttl(prepared.entry, settings),
         timeout=prepared.timeout,
         id=job_id,
         description=prepared.description,
@@ -374,6 +375,11 @@ def resolve_timeout(entry: CatalogEntry, job_timeout: int | None, settings: Sett
     if job_timeout is not None and job_timeout <= 0:
         raise InvalidArgumentsError(f"job_timeout must be a positive number of seconds, got {job_timeout}")
     return job_timeout or entry.spec.timeout or settings.job_timeout
+
+
+def resolve_result_ttl(entry: CatalogEntry, settings: Settings) -> int:
+    """The job's own declaration (``@job(result_ttl=0)`` keeps no result), else the settings'."""
+    return settings.result_ttl if entry.spec.result_ttl is None else entry.spec.result_ttl
 
 
 def describe(entry: CatalogEntry, args: Sequence[Any], kwargs: dict[str, Any]) -> str:

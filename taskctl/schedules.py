@@ -22,7 +22,7 @@ from typing import Any
 import crontab
 
 from taskctl.catalog import CatalogEntry, get_catalog
-from taskctl.enqueue import describe, resolve_queue, resolve_timeout
+from taskctl.enqueue import describe, resolve_queue, resolve_result_ttl, resolve_timeout
 from taskctl.exceptions import ScheduleError, TaskctlError
 from taskctl.rqclasses import CatalogJob
 from taskctl.rqscheduler import Scheduler
@@ -193,7 +193,7 @@ def _register(scheduler: Scheduler, declaration: Declaration, settings: Settings
         "queue_name": declaration.queue,
         "timeout": declaration.timeout,
         # Not rq-scheduler's default of "forever": periodic results would pile up in Redis.
-        "result_ttl": settings.result_ttl,
+        "result_ttl": resolve_result_ttl(declaration.entry, settings),
         "id": declaration.job_id,
         "description": describe(declaration.entry, declaration.args, declaration.kwargs),
         "meta": {META_KEY: {"name": declaration.name, "fingerprint": declaration.fingerprint}},
