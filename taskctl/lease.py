@@ -120,8 +120,14 @@ class LeaseRegistry(StartedJobRegistry):
         self.recover_expired(score, exception_handlers)
 
     def recover_expired(self, score: float, exception_handlers: list[Any] | None = None) -> None:
-        """RQ's cleanup: the runs expired by ``score`` retried or failed as abandoned (drop_superseded first)."""
+        """RQ's cleanup: the runs expired by ``score`` retried or failed as abandoned (drop_superseded first).
+
+        Their execution records go too: a run the worker's step started has them without a
+        TTL until its first heartbeat (taskctl.hotpath).
+        """
+        entries = [as_text(e) for e in self.connection.zrangebyscore(self.key, 0, score)]  # type: ignore[arg-type]
         super().cleanup(score, exception_handlers)
+        forget_runs(self.connection, entries)
 
     def drop_superseded(self, score: float) -> list[str]:
         """Remove the expired entries of runs a newer run replaced; return the ids of the jobs still expired."""
@@ -142,7 +148,20 @@ class LeaseRegistry(StartedJobRegistry):
         superseded = [e for e, (_, run), c in zip(entries, runs, current, strict=True) if c != run and c in present]
         if superseded:
             self.connection.zrem(self.key, *superseded)
+            forget_runs(self.connection, superseded)
         return [job_id for (job_id, _), entry in zip(runs, entries, strict=True) if entry not in superseded]
+
+
+def forget_runs(connection: Redis, entries: list[str]) -> None:
+    """Delete the execution records (RQ's hash and per-job index) of runs that are over, by registry entry."""
+    if not entries:
+        return
+    with connection.pipeline(transaction=False) as pipeline:
+        for entry in entries:
+            job_id, execution_id = parse_composite_key(entry)
+            pipeline.delete(f"rq:execution:{entry}")
+            pipeline.zrem(f"rq:executions:{job_id}", execution_id)
+        pipeline.execute()
 
 
 # EVAL with the source, not EVALSHA: in a pipeline, redis-py's script objects cost a round

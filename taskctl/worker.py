@@ -61,7 +61,11 @@ import rq.utils
 import rq.worker.base
 import rq.worker_registration
 from redis.exceptions import WatchError
-from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_MAINTENANCE_TASK_INTERVAL
+from rq.defaults import (
+    DEFAULT_JOB_MONITORING_INTERVAL,
+    DEFAULT_MAINTENANCE_TASK_INTERVAL,
+    UNSERIALIZABLE_RETURN_VALUE_PAYLOAD,
+)
 from rq.exceptions import StopRequested
 from rq.executions import ExecutionRegistry
 from rq.rate_limit import RateLimitRegistry
@@ -70,6 +74,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.utils import as_text
 
+from taskctl import hotpath
 from taskctl.catalog import get_catalog
 from taskctl.connection import REDIS_DOWN_ERRORS, wait_until_answers
 from taskctl.doctor import warn_if_unsafe
@@ -85,6 +90,7 @@ from taskctl.rqclasses import (
     ClaimedJobs,
     Queue,
     cancel_dependents,
+    retries_owed,
 )
 from taskctl.settings import get_settings
 
@@ -246,6 +252,13 @@ class _Worker(rq.worker.BaseWorker):
         refuses unless the job is still queued and no other run holds its lease, and it
         takes the run's fencing token. The lease is counted from before it was sent.
         """
+        stepped = getattr(job, "stepped", None)
+        if stepped is not None:  # started already, by the worker's step (taskctl.hotpath)
+            execution, sent_at, ttl = stepped
+            self.executions[execution.id] = execution
+            self.lease.granted(sent_at, ttl)
+            self._leased_job_id = job.id
+            return execution  # type: ignore[no-any-return]
         ttl = self.get_heartbeat_ttl(job)
         execution = rq.executions.Execution(uuid.uuid4().hex, job.id, self.connection, worker_name=self.name)
         execution._job = job
@@ -272,6 +285,8 @@ class _Worker(rq.worker.BaseWorker):
         return execution
 
     def prepare_job_execution(self, job: rq.job.Job, remove_from_intermediate_queue: bool = False) -> None:
+        if getattr(job, "stepped", None) is not None:  # RQ's writes here were the step's
+            return
         # Every job was claimed into its queue's intermediate list (Queue.dequeue_any), not only one-queue workers'.
         super().prepare_job_execution(job, remove_from_intermediate_queue=True)
 
@@ -537,11 +552,19 @@ class Worker(_Worker, rq.SimpleWorker):
         if multiprocessing.parent_process() is not None:
             die_with_parent()  # a worker of `rq worker-pool`: it goes with its pool
         self._monitor = _JobMonitor(self)
+        #: The run that returned, recorded by the next step; and the job, queue and run it was.
+        self._ended: hotpath.Ended | None = None
+        self._ended_run: tuple[rq.job.Job, rq.Queue, rq.executions.Execution] | None = None
+        #: Successes and their working time not yet added to RQ's worker statistics.
+        self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, 0.0
+        self._queues_by_key: dict[str, rq.Queue] = {}
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
         self._monitor.watch(job, queue)
         try:
-            super().execute_job(job, queue)
+            # SimpleWorker's, without its "idle" after each job: a busy worker goes straight
+            # on to its next job, and says "idle" when it finds none (dequeue_job_and_maintain_ttl).
+            self.perform_job(job, queue, self.prepare_execution(job))
         except LeaseLostError as exc:
             self._not_started(exc)
         except REDIS_DOWN_ERRORS as exc:
@@ -553,6 +576,135 @@ class Worker(_Worker, rq.SimpleWorker):
         finally:
             self._monitor.watch(None, None)
             self.lease.end()
+
+    # The busy worker's path (taskctl.hotpath): each job's end is recorded by the step that
+    # starts the next one. Everything that is not a plain success goes RQ's way.
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[rq.job.Job, rq.Queue] | None:
+        stepped = self._step(claim=True)
+        if stepped is not None:
+            return stepped
+        self.record_ended()
+        # Nothing queued: RQ's wait, which blocks until a job arrives (Queue.dequeue_any).
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def handle_job_success(self, job: rq.job.Job, queue: rq.Queue, started_job_registry: Any,
+                           execution: rq.executions.Execution) -> None:  # fmt: skip
+        if not _plain(job):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None
+        ttl = job.get_result_ttl(self.default_result_ttl)
+        try:
+            value = hotpath.encode_result(job.serializer, job._result)
+        except Exception:  # RQ's Result stores what it cannot serialize as this, and so does the step
+            value = hotpath.encode_result(job.serializer, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
+        working = (job.ended_at - job.started_at).total_seconds()
+        self._ended = hotpath.Ended(
+            job_id=job.id, execution_id=execution.id, started_registry=queue.started_job_registry.key,
+            finished_registry=queue.finished_job_registry.key, result_ttl=ttl,
+            finished_score="+inf" if ttl < 0 else str(rq.utils.current_timestamp() + ttl), return_value=value,
+            started_at=execution.created_at.timestamp(), ended_at=job.ended_at.timestamp(),
+            ended_at_text=rq.utils.utcformat(job.ended_at), working_seconds=working,
+        )  # fmt: skip
+        self._ended_run = (job, queue, execution)
+        self.executions.pop(execution.id, None)
+        self._successes += 1
+        self._working_seconds += working
+
+    def _step(self, claim: bool) -> tuple[rq.job.Job, rq.Queue] | None:
+        """One round trip: record the run that ended, and with ``claim`` start the next job."""
+        while True:
+            ended = self._ended
+            started_at = rq.utils.now()
+            sent_at = time.monotonic()
+            stats = bool(self._successes) and (not claim or sent_at - self._stats_sent_at >= 1)
+            execution_id = uuid.uuid4().hex
+            lease_seconds = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
+            try:
+                outcome, started = hotpath.step(
+                    self.connection, self.key, self.executions_key,
+                    [(q.key, q.started_job_registry.key) for q in self._ordered_queues], self.name,
+                    ended=ended, claim=claim, execution_id=execution_id,
+                    started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
+                    lease_seconds=lease_seconds, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
+                    successes=self._successes if stats else 0, working_seconds=self._working_seconds,
+                )  # fmt: skip
+            except REDIS_DOWN_ERRORS:
+                # The step may have been run, its reply lost: then its end reads as recorded
+                # before, and a job it started is recovered when that run's lease runs out.
+                self._wait_for_redis()
+                continue
+            if stats:
+                self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, sent_at
+            if ended is not None:
+                self._ended = None
+                if not self._ended_as(outcome, ended):
+                    continue  # recorded RQ's way instead; nothing was started
+            if started is None:
+                return None
+            return self._started(started, execution_id, started_at, sent_at, lease_seconds)
+
+    def _ended_as(self, outcome: int, ended: hotpath.Ended) -> bool:
+        """Deal with what the step did with the run that ended; False if it was left to RQ's way."""
+        assert self._ended_run is not None
+        job, queue, execution = self._ended_run
+        self._ended_run = None
+        if outcome == hotpath.NOT_PLAIN:  # dependents to enqueue: RQ's record, with its lease check
+            self._successes -= 1
+            self._working_seconds -= ended.working_seconds
+            self.executions[execution.id] = execution
+            super().handle_job_success(job, queue, queue.started_job_registry, execution)
+            return False
+        if outcome == hotpath.LEASE_LOST:
+            self.log.warning("Worker %s: job %s: run %s no longer holds the job's lease (recovered, or run again "
+                             "elsewhere); its success is not recorded", self.name, job.id,
+                             getattr(job, "fencing_token", "?"))  # fmt: skip
+        return True
+
+    def _started(
+        self, started: hotpath.Started, execution_id: str, started_at: Any, sent_at: float, lease_seconds: int
+    ) -> tuple[rq.job.Job, rq.Queue]:
+        """The job a step started, as RQ's start would have left it, and its queue."""
+        self._state = rq.worker.WorkerStatus.BUSY
+        job = CatalogJob(started.job_id, connection=self.connection)
+        job.restore(started.job_hash)
+        job._status = rq.job.JobStatus.STARTED
+        job.started_at = job.last_heartbeat = started_at
+        job.worker_name = self.name
+        owed = retries_owed(job)
+        if owed:  # the retries that runs no taskctl worker started spent (CatalogJob.prepare_for_execution)
+            job.retries_left = (job.retries_left or 0) + owed
+            self._through_outages(self.connection.hset, job.key, "retries_left", job.retries_left)
+        execution = rq.executions.Execution(execution_id, job.id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = started_at
+        execution._job = job
+        job.fenced_by, job.fencing_token = execution, started.token
+        job.stepped = (execution, sent_at, lease_seconds)  # type: ignore[attr-defined]
+        queue = self._queues_by_key.get(started.queue_key)
+        if queue is None:
+            queue = self._queues_by_key[started.queue_key] = self.queue_class.from_queue_key(
+                started.queue_key, connection=self.connection, death_penalty_class=self.death_penalty_class
+            )
+        self.reorder_queues(reference_queue=queue)
+        job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+        if self.log_job_description:
+            self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        else:
+            self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+        return job, queue
+
+    def record_ended(self) -> None:
+        """Record now the run that ended, and the statistics not sent yet, as the next step would."""
+        if self._ended is not None or self._successes:
+            self._step(claim=False)
+
+    def teardown(self) -> None:
+        with contextlib.suppress(*REDIS_DOWN_ERRORS, StopRequested):
+            self.record_ended()
+        super().teardown()
 
     def stop_scheduler(self) -> None:
         # RQ's version signals the scheduler's process; this one is a thread.
@@ -664,6 +816,14 @@ class ForkingWorker(_Worker, rq.Worker):
             self._job_lost_redis(job, exc)
         finally:
             self.lease.end()
+
+
+def _plain(job: rq.job.Job) -> bool:
+    """A success the step records (taskctl.hotpath): a catalog job's run, with nothing for RQ to do after it."""
+    return (
+        isinstance(job, CatalogJob) and job.fenced_by is not None and not job._dependency_ids
+        and not job.repeats_left and not job.group_id and not job.has_rate_limit
+    )  # fmt: skip
 
 
 def _retry(job: rq.job.Job, queue: rq.Queue, pipeline: Any) -> None:

@@ -21,6 +21,12 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@job(result_ttl=0)
+def add_quietly(a: int, b: int) -> int:
+    """Add two integers, keeping no result: the job is deleted as it finishes."""
+    return a + b
+
+
 @job(queue="low")
 def typed(
     count: int,
