@@ -102,3 +102,15 @@ def test_a_handle_reports_a_failed_job(configured: str) -> None:
 
     with pytest.raises(JobFailedError, match=f"job {handle.id} failed: RuntimeError: out of ink"):
         handle.result(timeout=5)
+
+
+def test_a_job_declared_to_keep_no_result_is_enqueued_with_result_ttl_0_and_a_bad_ttl_is_refused(
+    configured: str, redis: Redis
+) -> None:
+    from taskctl.declare import job
+
+    handle = enqueue("add_quietly", 2, 3)
+    assert redis.hget(f"rq:job:{handle.id}", "result_ttl") == b"0"
+    assert redis.hget(f"rq:job:{enqueue('add', 2, 3).id}", "result_ttl") == b"86400"  # the settings' default
+    with pytest.raises(ValueError, match="result_ttl must be 0 or more seconds, or -1, got -2"):
+        job(result_ttl=-2)(lambda: None)
