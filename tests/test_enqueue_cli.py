@@ -68,7 +68,7 @@ def test_queue_and_timeout_can_be_overridden(configured: str, redis: Redis) -> N
 
 
 BAD_INPUT = [
-    (["nope"], "unknown job 'nope'; known jobs: add, count_to, fail, fenced_steps, flaky,"),
+    (["nope"], "unknown job 'nope'; known jobs: add, add_quietly, count_to, fail, fenced_steps, flaky,"),
     (["add", "1"], "add: missing argument(s) b (expected: a b)"),
     (["add", "1", "2", "3"], "add takes 2 argument(s) (a b), got extra value '3'"),
     (["add", "one", "2"], "add: parameter a: 'one' is not an integer"),
