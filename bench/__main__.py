@@ -53,8 +53,9 @@ STAMP_TIMEOUT_S = 10
 def worker_command(system: str, url: str, processes: int = WORKERS) -> list[str]:
     rq = [str(BIN / "rq"), "worker", "-u", url, "--logging_level", "WARNING"]
     return {
-        # As shipped: the plain command is taskctl's where taskctl is installed (taskctl_rq.pth).
-        "taskctl": [str(BIN / "rq"), "worker-pool", "-n", str(processes), "--logging-level", "WARNING", "default"],
+        # As shipped, the Procfile's command: INFO logs, every configured queue in priority order
+        # (the plain command is taskctl's where taskctl is installed: taskctl_rq.pth).
+        "taskctl": [str(BIN / "rq"), "worker-pool", "-n", str(processes)],
         # Stock RQ must be asked for by name in this environment.
         "rq worker": [*rq, "-w", "rq.worker.Worker", "default"],
         "rq SimpleWorker": [*rq, "-w", "rq.SimpleWorker", "default"],
