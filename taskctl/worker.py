@@ -637,12 +637,12 @@ class Worker(_Worker, rq.SimpleWorker):
                 # before, and a job it started is recovered when that run's lease runs out.
                 self._wait_for_redis()
                 continue
-            if stats:
-                self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, sent_at
             if ended is not None:
                 self._ended = None
                 if not self._ended_as(outcome, ended):
-                    continue  # recorded RQ's way instead; nothing was started
+                    continue  # recorded RQ's way instead; nothing was started or counted
+            if stats:
+                self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, sent_at
             if started is None:
                 return None
             return self._started(started, execution_id, started_at, sent_at, lease_seconds)

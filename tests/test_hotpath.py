@@ -106,3 +106,21 @@ def test_a_recovered_run_loses_its_execution_records_too(configured: str, redis:
 
     assert redis.hget(CatalogJob.key_for(job_id), "status") == b"queued"  # retried
     assert not redis.exists(f"rq:execution:{job_id}:run1", f"rq:executions:{job_id}")
+
+
+def test_a_job_with_dependents_is_recorded_rqs_way_and_its_dependents_run(configured: str, redis: Redis) -> None:
+    from taskctl.workflows import call, chain
+
+    # The first step outlasts a second, so the worker's statistics are due when its end is sent.
+    handle = chain(call("slow", 1.2), call("add", 3, 4), call("add", 5, 6))
+    process = subprocess.Popen(worker_command("default"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        ids = [step.id for step in handle.steps]
+        wait_for(lambda: all(redis.hget(CatalogJob.key_for(i), "status") == b"finished" for i in ids), 30, "all done")
+        assert [CatalogJob.fetch(i, connection=redis).return_value() for i in ids[1:]] == [7, 11]
+        # Counted once each, whichever way their success was recorded.
+        wait_for(lambda: rq.Worker.all(connection=redis)[0].successful_job_count == 3, 10, "the worker's count")
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
