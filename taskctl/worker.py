@@ -7,9 +7,10 @@ taskctl.worker.Worker``. Two classes:
 - ``Worker`` (the default) runs jobs in its own process, as Celery's prefork
   children do: no fork per job, and while busy one Redis round trip per job (its
   step records a job's success and starts the next: taskctl.hotpath), so it runs
-  short jobs about thirty times faster than RQ's forking worker. A monitor thread keeps the job's heartbeat and ends the process
-  (after recording the failure) when a job ignores its timeout; ``rq worker-pool``
-  replaces a worker process that died.
+  short jobs about thirty times faster than RQ's forking worker. A monitor thread
+  keeps the job's heartbeat and ends the process (after recording the failure)
+  when a job ignores its timeout; ``rq worker-pool`` replaces a worker process
+  that died.
 - ``ForkingWorker`` forks a work-horse per job, as stock ``rq worker`` does: a job
   that segfaults or is killed fails alone, with its exit signal as the reason,
   and the worker carries on. Choose it for native code that may crash.
