@@ -101,10 +101,12 @@ def enqueue(
     (true/false), JSON for list and dict parameters.
     """
     from taskctl.catalog import get_catalog
+    from taskctl.connection import one_command_client
     from taskctl.enqueue import enqueue_call
     from taskctl.settings import get_settings
     from taskctl.when import parse_at, parse_delay
 
+    settings = get_settings()
     job_args, job_kwargs = get_catalog().get(job).bind_text(args)
     handle = enqueue_call(
         job,
@@ -116,10 +118,14 @@ def enqueue(
         backoff=backoff,
         job_id=job_id,
         unique=unique,
-        at=parse_at(at, get_settings().tz) if at else None,
+        at=parse_at(at, settings.tz) if at else None,
         delay=parse_delay(delay) if delay else None,
+        # The enqueue is the first thing this process sends: its error says when Redis is away.
+        connection=one_command_client(settings),
+        settings=settings,
     )
-    due = handle.scheduled_for
+    # Read back only what is not known: a job given no time is on its queue.
+    due = handle.scheduled_for if at or delay else None
     if due is not None:
         click.echo(f"Scheduled {job} as {handle.id} on queue {handle.queue} for {_time(due)}")
     else:

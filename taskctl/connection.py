@@ -6,6 +6,7 @@ redis-py's defaults would wait for the OS's TCP timeout instead.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -13,8 +14,9 @@ from typing import Any
 
 from redis import Redis
 from redis.commands.core import Script
+from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import InvalidResponse, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import MasterNotFoundError, Sentinel
 
@@ -23,13 +25,36 @@ from taskctl.settings import Settings, get_settings, mask_url, parse_sentinel_ur
 
 #: What redis-py raises when the server is away; callers catch these.
 REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, MasterNotFoundError, ConnectionError, OSError)
+#: What the first command of a connection nobody PINGed raises when no Redis answers (see
+#: one_command_client): those, a wrong password (a ConnectionError), or something that is not Redis.
+NO_REDIS_ERRORS = (*REDIS_DOWN_ERRORS, InvalidResponse)
+
+#: How redis-py is told not to name itself (CLIENT SETINFO): ``driver_info`` from redis-py 8 on
+#: (where ``lib_name`` is deprecated), ``lib_name`` and ``lib_version`` before.
+_ANONYMOUS: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+#: Options of a connection that opens with nothing but the command it was opened for (see one_command_client).
+ONE_COMMAND_OPTIONS: dict[str, Any] = {
+    # RESP2, every Redis's own default, needs no HELLO; redis-py 8's default, RESP3, costs HELLO
+    # and then CLIENT MAINT_NOTIFICATIONS (which only RESP3 carries): two round trips.
+    "protocol": 2,
+    # A new connection is checked by its first command; redis-py would PING before it.
+    "health_check_interval": 0,
+    **_ANONYMOUS,
+}
 
 
-def redis_from_url(url: str, connect_timeout: float = 3.0, sentinel_password: str = "") -> Redis:
+def redis_from_url(
+    url: str, connect_timeout: float = 3.0, sentinel_password: str = "", one_command: bool = False
+) -> Redis:
     """A client for a redis://, rediss://, unix:// or redis+sentinel:// URL.
 
     Through Sentinel the client asks the sentinels for the current master on every
-    new connection, so after a failover it finds the new master by itself.
+    new connection, so after a failover it finds the new master by itself. For
+    ``one_command``, see :func:`one_command_client`.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
@@ -37,6 +62,8 @@ def redis_from_url(url: str, connect_timeout: float = 3.0, sentinel_password: st
         "socket_timeout": 30,
         "health_check_interval": 30,
     }
+    if one_command:
+        options.update(ONE_COMMAND_OPTIONS)
     target = parse_sentinel_url(url)
     if target is None:
         return Redis.from_url(url, **options)
@@ -56,6 +83,25 @@ def redis_from_url(url: str, connect_timeout: float = 3.0, sentinel_password: st
 def get_redis(settings: Settings | None = None) -> Redis:
     settings = settings or get_settings()
     return redis_from_url(settings.redis_url, settings.redis_connect_timeout, settings.sentinel_password)
+
+
+def one_command_client(settings: Settings | None = None) -> Redis:
+    """A client for a process that opens Redis for one command and exits, as `taskctl enqueue` does.
+
+    With redis-py 8's defaults a new connection costs five round trips before its
+    first command (PING, HELLO 3, CLIENT MAINT_NOTIFICATIONS, two CLIENT SETINFO),
+    and :func:`connect` adds a PING: worth it for a process that lives and reuses
+    its connections, not for one that sends a single transaction. Here the
+    connection's first write is that command (AUTH and SELECT still come first
+    when the URL has a password or a database other than 0). Nothing checks the
+    server beforehand: the command's own error says it is away, and callers turn
+    it into RedisUnavailableError as they do when :func:`connect`'s PING fails.
+    A library name in CLIENT LIST is of no use for a process that lives a second.
+    """
+    settings = settings or get_settings()
+    return redis_from_url(
+        settings.redis_url, settings.redis_connect_timeout, settings.sentinel_password, one_command=True
+    )
 
 
 _answered: dict[tuple[str, float], Redis] = {}

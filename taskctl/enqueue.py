@@ -4,6 +4,18 @@ The CLI, the Python API, workflows and web applications all come through here,
 so a job is validated, routed and stored the same way whichever door it came in
 by. A call is first *prepared* (every check, no Redis), then *submitted*: a
 refused call leaves nothing behind.
+
+A job goes into Redis in one round trip, unless it waits on others. RQ builds
+it (``Queue.create_job``, rq-scheduler's ``_create_job``) and decides every field
+of its hash (``Job.to_dict``, written by ``Job.save``); the writes around it are
+queued on one pipeline (see :func:`_enqueue_now`) where RQ's own
+``Queue.enqueue_call`` would spend three round trips on them: the queue's
+registration in a pipeline of its own, INFO once per client (its answer is not
+stored), then the job. With ``unique`` the same writes run in one Lua script
+that first checks that the id is free (RQ's own unique script pushes the job
+without a wake-up token and after a separate registration). Jobs with
+dependencies go through RQ's ``enqueue_call``: it WATCHes the dependencies and
+retries, which no single write can replace.
 """
 
 from __future__ import annotations
@@ -22,9 +34,10 @@ from redis.client import Pipeline
 from rq import Retry
 from rq.exceptions import DuplicateJobError as RQDuplicateJobError
 from rq.job import JOB_ID_PATTERN, Job
+from rq.utils import now
 
 from taskctl.catalog import CatalogEntry, get_catalog
-from taskctl.connection import REDIS_DOWN_ERRORS, connect, lua, unavailable
+from taskctl.connection import NO_REDIS_ERRORS, REDIS_DOWN_ERRORS, connect, lua, unavailable
 from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError, RedisUnavailableError
 from taskctl.handle import JobHandle
 from taskctl.retry import make_retry
@@ -145,23 +158,88 @@ def submit(
 ) -> JobHandle:
     """Put a prepared call into Redis: on its queue, deferred behind ``depends_on``, or with rq-scheduler."""
     settings = settings or get_settings()
+    job: Job
     try:
         if prepared.due is not None:
-            return JobHandle(_schedule(prepared, connection, settings))
-        job = Queue(prepared.queue, connection=connection).enqueue_call(
-            prepared.entry.func,
-            job_id=prepared.job_id,
-            unique=prepared.unique,
-            depends_on=list(depends_on) if depends_on else None,
-            **rq_options(prepared, settings),
-        )
+            job = _schedule(prepared, connection, settings)
+        elif depends_on:
+            job = Queue(prepared.queue, connection=connection).enqueue_call(
+                prepared.entry.func,
+                job_id=prepared.job_id,
+                unique=prepared.unique,
+                depends_on=list(depends_on),
+                **rq_options(prepared, settings),
+            )
+        else:
+            job = _enqueue_now(prepared, connection, settings)
         confirm_replicated(connection, settings)
     except RQDuplicateJobError:
         raise DuplicateJobError(f"a job with id {prepared.job_id!r} exists already; not enqueued (unique)") from None
-    except REDIS_DOWN_ERRORS as exc:
+    except NO_REDIS_ERRORS as exc:
+        # Nothing may have checked the server before this (see one_command_client).
         raise unavailable(settings.redis_url, exc) from None
     assert isinstance(job, CatalogJob)
     return JobHandle(job)
+
+
+def _enqueue_now(prepared: Prepared, connection: Redis, settings: Settings) -> CatalogJob:
+    """Put a job on its queue in one round trip, writing what RQ's ``Queue.enqueue_call`` writes.
+
+    Those writes, in RQ's order: the queue's registration (``rq:queues``, which
+    `rq info` and the dashboard list), the job's hash with its status and expiry
+    (``Job.save``, ``Job.cleanup``), the push with its wake-up token
+    (``Queue.push_job_id``). RQ's ``enqueue_call`` takes a pipeline for them, but
+    still asks the server its version (INFO) first, for an attribute of the job
+    object that no field of the hash holds, once per client: once per
+    `taskctl enqueue`. So RQ's ``_prepare_for_queue`` is replaced by the one
+    thing it adds to what ``create_job`` made, the enqueue time; and its HSET of
+    the status alone is left out, as the save that follows it writes the status.
+    """
+    queue = Queue(prepared.queue, connection=connection)
+    job = queue.create_job(prepared.entry.func, job_id=prepared.job_id, **rq_options(prepared, settings))
+    job.enqueued_at = now()
+    pipeline = connection.pipeline()
+    pipeline.sadd(queue.redis_queues_keys, queue.key)
+    job.save(pipeline=pipeline)
+    job.cleanup(ttl=job.ttl, pipeline=pipeline)
+    queue.push_job_id(job.id, pipeline=pipeline)
+    _write(pipeline, job, prepared.unique)
+    assert isinstance(job, CatalogJob)
+    return job
+
+
+#: Run the writes given, unless KEYS[1] (a job's hash) exists: ``unique`` in one step. ARGV: each
+#: write as its number of words, then the words, as a pipeline would have sent them.
+WRITE_IF_NEW_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local at = 1
+while at <= #ARGV do
+    local words = tonumber(ARGV[at])
+    redis.call(unpack(ARGV, at + 1, at + words))
+    at = at + words + 1
+end
+return 1
+"""
+
+
+def _write(pipeline: Pipeline, job: Job, unique: bool) -> None:
+    """Send the writes queued on ``pipeline`` in one round trip; with ``unique``, only if the job's id is free.
+
+    The unique case replays the very commands queued, so that a unique job is
+    written exactly as any other; a transaction cannot refuse on a condition it
+    reads, and WATCH would cost two more round trips. RQDuplicateJobError when
+    the id is taken: nothing was written.
+    """
+    if not unique:
+        pipeline.execute()
+        return
+    words: list[Any] = []
+    for command, _options in pipeline.command_stack:
+        words += [len(command), *command]
+    pipeline.reset()
+    connection = job.connection
+    if not lua(connection, WRITE_IF_NEW_SCRIPT)(keys=[job.key], args=words, client=connection):
+        raise RQDuplicateJobError(job.id)
 
 
 def confirm_replicated(connection: Redis, settings: Settings, timeout_ms: int = 5000) -> None:
@@ -335,31 +413,39 @@ def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:
 
 
 def _schedule(prepared: Prepared, connection: Redis, settings: Settings) -> CatalogJob:
+    """Hand a job to rq-scheduler, in one round trip: the job's hash and its place in the schedule.
+
+    rq-scheduler's ``schedule()`` is its ``_create_job`` (no Redis), ``Job.save``
+    and a ZADD, each its own round trip; and it knows nothing of a failure TTL
+    or retries, which would take another save. Its same steps, on one pipeline.
+    """
+    from rq_scheduler.utils import to_unix
+
     from taskctl.rqscheduler import make_scheduler
 
     assert prepared.due is not None
-    job_id = prepared.job_id
-    if prepared.unique and job_id and connection.exists(CatalogJob.redis_job_namespace_prefix + job_id):
-        raise RQDuplicateJobError(job_id)
-    # rq-scheduler keeps whole seconds, rounding down: round up, so a job never runs early.
-    due = prepared.due
-    due = due.replace(microsecond=0) + timedelta(seconds=1) if due.microsecond else due
-    job: CatalogJob = make_scheduler(settings, connection).schedule(
-        due,
+    scheduler = make_scheduler(settings, connection)
+    job: CatalogJob = scheduler._create_job(
         prepared.entry.func,
         args=prepared.args,
         kwargs=prepared.kwargs,
+        commit=False,
         result_ttl=resolve_result_ttl(prepared.entry, settings),
-        timeout=prepared.timeout,
-        id=job_id,
+        id=prepared.job_id,
         description=prepared.description,
         queue_name=prepared.queue,
+        timeout=prepared.timeout,
     )
-    # rq-scheduler knows nothing of these; the job is not due yet, so saving again is safe.
     job.failure_ttl = settings.failure_ttl
     if prepared.retry is not None:
         job.retries_left, job.retry_intervals = prepared.retry.max, prepared.retry.intervals
-    job.save()
+    # rq-scheduler keeps whole seconds, rounding down: round up, so a job never runs early.
+    due = prepared.due
+    due = due.replace(microsecond=0) + timedelta(seconds=1) if due.microsecond else due
+    pipeline = connection.pipeline()
+    job.save(pipeline=pipeline)
+    pipeline.zadd(scheduler.scheduled_jobs_key, {job.id: to_unix(due)})
+    _write(pipeline, job, prepared.unique)
     return job
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import threading
 import time
 import zlib
 
@@ -136,3 +138,29 @@ def test_unknown_job_id_is_a_usage_error(configured: str) -> None:
         result = taskctl(command, "no-such-id")
         assert result.exit_code == 2
         assert "Error: no job with id 'no-such-id' (never enqueued, or expired after its TTL)" in result.output
+
+
+def test_enqueue_names_the_url_when_what_answers_is_not_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing PINGs before the enqueue: its own first command is what finds out.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            peer, _ = server.accept()
+            with peer:
+                peer.recv(4096)
+                peer.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        from taskctl.settings import get_settings
+
+        get_settings.cache_clear()
+        result = taskctl("enqueue", "add", "1", "2")
+
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot reach Redis at redis://127.0.0.1:{port}/0: ")
+    assert "protocol error" in result.output.lower()  # redis-py's words, or hiredis's
+    assert "Traceback" not in result.output
