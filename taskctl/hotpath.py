@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from rq.utils import as_text
 
 from taskctl.connection import lua
 from taskctl.lease import CURRENT_RUN, TASKCTL_RUNS
@@ -212,8 +213,4 @@ def step(
         return outcome, None
     queue_key, job_id, flat, token = reply[1:]
     job_hash = dict(zip(flat[::2], flat[1::2], strict=True))
-    return outcome, Started(_text(queue_key), _text(job_id), job_hash, int(token))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return outcome, Started(as_text(queue_key), as_text(job_id), job_hash, int(token))

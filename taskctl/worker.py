@@ -554,12 +554,13 @@ class Worker(_Worker, rq.SimpleWorker):
         if multiprocessing.parent_process() is not None:
             die_with_parent()  # a worker of `rq worker-pool`: it goes with its pool
         self._monitor = _JobMonitor(self)
-        #: The run that returned, recorded by the next step; and the job, queue and run it was.
-        self._ended: hotpath.Ended | None = None
-        self._ended_run: tuple[rq.job.Job, rq.Queue, rq.executions.Execution] | None = None
+        #: The run that returned, recorded by the next step, with the job, queue and run it was.
+        self._ended: tuple[hotpath.Ended, rq.job.Job, rq.Queue, rq.executions.Execution] | None = None
         #: Successes and their working time not yet added to RQ's worker statistics.
         self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, 0.0
         self._queues_by_key: dict[str, rq.Queue] = {}
+        #: Each queue's started and finished registry keys, by queue key: asked for at every step.
+        self._registry_keys: dict[str, tuple[str, str]] = {}
 
     def execute_job(self, job: rq.job.Job, queue: rq.Queue) -> None:
         self._monitor.watch(job, queue)
@@ -604,14 +605,15 @@ class Worker(_Worker, rq.SimpleWorker):
         except Exception:  # RQ's Result stores what it cannot serialize as this, and so does the step
             value = hotpath.encode_result(job.serializer, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
         working = (job.ended_at - job.started_at).total_seconds()
-        self._ended = hotpath.Ended(
-            job_id=job.id, execution_id=execution.id, started_registry=queue.started_job_registry.key,
-            finished_registry=queue.finished_job_registry.key, result_ttl=ttl,
+        started_registry, finished_registry = self._registries(queue)
+        ended = hotpath.Ended(
+            job_id=job.id, execution_id=execution.id, started_registry=started_registry,
+            finished_registry=finished_registry, result_ttl=ttl,
             finished_score="+inf" if ttl < 0 else str(rq.utils.current_timestamp() + ttl), return_value=value,
             started_at=execution.created_at.timestamp(), ended_at=job.ended_at.timestamp(),
             ended_at_text=rq.utils.utcformat(job.ended_at), working_seconds=working,
         )  # fmt: skip
-        self._ended_run = (job, queue, execution)
+        self._ended = (ended, job, queue, execution)
         self.executions.pop(execution.id, None)
         self._successes += 1
         self._working_seconds += working
@@ -628,8 +630,8 @@ class Worker(_Worker, rq.SimpleWorker):
             try:
                 outcome, started = hotpath.step(
                     self.connection, self.key, self.executions_key,
-                    [(q.key, q.started_job_registry.key) for q in self._ordered_queues], self.name,
-                    ended=ended, claim=claim, execution_id=execution_id,
+                    [(q.key, self._registries(q)[0]) for q in self._ordered_queues], self.name,
+                    ended=ended[0] if ended else None, claim=claim, execution_id=execution_id,
                     started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
                     lease_seconds=lease_seconds, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
                     successes=self._successes if stats else 0, working_seconds=self._working_seconds,
@@ -641,7 +643,7 @@ class Worker(_Worker, rq.SimpleWorker):
                 continue
             if ended is not None:
                 self._ended = None
-                if not self._ended_as(outcome, ended):
+                if not self._ended_as(outcome, *ended):
                     continue  # recorded RQ's way instead; nothing was started or counted
             if stats:
                 self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, sent_at
@@ -649,11 +651,10 @@ class Worker(_Worker, rq.SimpleWorker):
                 return None
             return self._started(started, execution_id, started_at, sent_at, lease_seconds)
 
-    def _ended_as(self, outcome: int, ended: hotpath.Ended) -> bool:
+    def _ended_as(
+        self, outcome: int, ended: hotpath.Ended, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution
+    ) -> bool:
         """Deal with what the step did with the run that ended; False if it was left to RQ's way."""
-        assert self._ended_run is not None
-        job, queue, execution = self._ended_run
-        self._ended_run = None
         if outcome == hotpath.NOT_PLAIN:  # dependents to enqueue: RQ's record, with its lease check
             self._successes -= 1
             self._working_seconds -= ended.working_seconds
@@ -697,6 +698,12 @@ class Worker(_Worker, rq.SimpleWorker):
         else:
             self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
         return job, queue
+
+    def _registries(self, queue: rq.Queue) -> tuple[str, str]:
+        keys = self._registry_keys.get(queue.key)
+        if keys is None:
+            keys = self._registry_keys[queue.key] = (queue.started_job_registry.key, queue.finished_job_registry.key)
+        return keys
 
     def record_ended(self) -> None:
         """Record now the run that ended, and the statistics not sent yet, as the next step would."""
