@@ -36,6 +36,7 @@ from typing import Any
 
 import rq
 from redis import Redis
+from rq.executions import Execution, ExecutionRegistry
 from rq.registry import StartedJobRegistry
 from rq.utils import as_text, parse_composite_key
 
@@ -158,9 +159,9 @@ def forget_runs(connection: Redis, entries: list[str]) -> None:
         return
     with connection.pipeline(transaction=False) as pipeline:
         for entry in entries:
-            job_id, execution_id = parse_composite_key(entry)
-            pipeline.delete(f"rq:execution:{entry}")
-            pipeline.zrem(f"rq:executions:{job_id}", execution_id)
+            execution = Execution.from_composite_key(entry, connection)
+            pipeline.delete(execution.key)
+            ExecutionRegistry(execution.job_id, connection).remove(execution, pipeline)
         pipeline.execute()
 
 
