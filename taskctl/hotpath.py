@@ -36,7 +36,11 @@ from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any
 
+import rq.executions
+import rq.job
+import rq.results
 from redis import Redis
+from rq.defaults import RQ_KEY_PREFIX
 from rq.utils import as_text
 
 from taskctl.connection import lua
@@ -44,6 +48,12 @@ from taskctl.lease import CURRENT_RUN, TASKCTL_RUNS
 
 #: Outcomes of the end of a run, as STEP reports them.
 RECORDED, RECORDED_BEFORE, LEASE_LOST, JOB_GONE, NOT_PLAIN = 1, 2, -1, -2, 3
+
+# RQ's key names, from RQ (RQ_KEY_PREFIX may be set in the environment); each is followed by an id.
+_JOB = rq.job.Job.redis_job_namespace_prefix
+_EXECUTION = f"{RQ_KEY_PREFIX}:execution:"  # as rq.executions.Execution.key has it
+_EXECUTIONS = rq.executions.ExecutionRegistry.key_template.format("")
+_RESULTS = rq.results.Result.get_key("")  # type: ignore[no-untyped-call]
 
 #: KEYS: the worker's hash, the worker's execution index, then for each queue in priority
 #: order the queue and its started registry. ARGV: see ``step`` (the names of the fields).
@@ -54,15 +64,15 @@ local A = ARGV
 local ended = 0
 local ended_run = nil
 if A[9] ~= '' then
-    local job_key = 'rq:job:' .. A[9]
+    local job_key = '{_JOB}' .. A[9]
     ended_run = A[9] .. ':' .. A[10]
     local h = redis.call('HMGET', job_key, '{CURRENT_RUN}', 'status')
     if h[1] ~= A[10] or h[2] ~= 'started' then
         if h[1] == A[10] and h[2] == 'finished' then ended = {RECORDED_BEFORE}
         elseif h[2] then ended = {LEASE_LOST} else ended = {JOB_GONE} end
         -- This run's own records: it is over, whatever became of the job.
-        redis.call('DEL', 'rq:execution:' .. ended_run)
-        redis.call('ZREM', 'rq:executions:' .. A[9], A[10])
+        redis.call('DEL', '{_EXECUTION}' .. ended_run)
+        redis.call('ZREM', '{_EXECUTIONS}' .. A[9], A[10])
     elseif redis.call('SCARD', job_key .. ':dependents') > 0 then
         return {{{NOT_PLAIN}}}
     else
@@ -70,10 +80,10 @@ if A[9] ~= '' then
         redis.call('ZREM', A[11], ended_run)
         local ttl = tonumber(A[13])
         if ttl == 0 then
-            redis.call('DEL', job_key, 'rq:execution:' .. ended_run, 'rq:executions:' .. A[9], 'rq:results:' .. A[9])
+            redis.call('DEL', job_key, '{_EXECUTION}' .. ended_run, '{_EXECUTIONS}' .. A[9], '{_RESULTS}' .. A[9])
         else
             redis.call('HSET', job_key, 'status', 'finished', 'ended_at', A[18])
-            local results = 'rq:results:' .. A[9]
+            local results = '{_RESULTS}' .. A[9]
             local entry = {{'type', '1', 'worker_name', A[5]}}
             if A[15] ~= '' then table.insert(entry, 'return_value'); table.insert(entry, A[15]) end
             for _, v in ipairs({{'execution_id', A[10], 'execution_started_at', A[16], 'execution_ended_at', A[17]}}) do
@@ -87,8 +97,8 @@ if A[9] ~= '' then
             else
                 redis.call('PERSIST', results)
             end
-            redis.call('DEL', 'rq:execution:' .. ended_run)
-            redis.call('ZREM', 'rq:executions:' .. A[9], A[10])
+            redis.call('DEL', '{_EXECUTION}' .. ended_run)
+            redis.call('ZREM', '{_EXECUTIONS}' .. A[9], A[10])
         end
     end
 end
@@ -102,7 +112,7 @@ if A[19] == '1' then
         while not (started or blocked) do
             local job_id = redis.call('LPOP', KEYS[i])
             if not job_id then break end
-            local job_key = 'rq:job:' .. job_id
+            local job_key = '{_JOB}' .. job_id
             local h = redis.call('HGETALL', job_key)
             local f = {{}}
             for j = 1, #h, 2 do f[h[j]] = h[j + 1] end
@@ -122,9 +132,9 @@ if A[19] == '1' then
                         'worker_name', A[5], '{CURRENT_RUN}', A[4], '{TASKCTL_RUNS}', token)
                     if f['ttl'] then redis.call('PERSIST', job_key) end
                     redis.call('ZADD', KEYS[i + 1], now + ttl, run)
-                    redis.call('HSET', 'rq:execution:' .. run, 'id', A[4], 'job_id', job_id, 'created_at', A[2],
+                    redis.call('HSET', '{_EXECUTION}' .. run, 'id', A[4], 'job_id', job_id, 'created_at', A[2],
                         'last_heartbeat', A[2], 'worker_name', A[5])
-                    redis.call('ZADD', 'rq:executions:' .. job_id, now + ttl + 60, A[4])
+                    redis.call('ZADD', '{_EXECUTIONS}' .. job_id, now + ttl + 60, A[4])
                     redis.call('SADD', KEYS[2], run)
                     if not ended_run then redis.call('EXPIRE', KEYS[2], ttl + 60) end
                     if A[6] == '1' then redis.call('HSET', KEYS[1], 'state', 'busy') end
