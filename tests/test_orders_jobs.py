@@ -62,6 +62,33 @@ def test_connect_creates_the_database_in_the_data_dir_with_wal(shop: sqlite3.Con
     assert shop.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
+def _open_when_released(path: str, barrier: Any, errors: Any) -> None:
+    barrier.wait(timeout=30)
+    try:
+        connect(Path(path)).close()
+    except sqlite3.Error as exc:
+        errors.append(repr(exc))
+
+
+def test_processes_opening_a_new_database_at_the_same_moment_all_open_it(tmp_path: Path) -> None:
+    """Workers starting their first jobs together: each opens the new file and switches it to WAL."""
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        errors = manager.list()
+        for attempt in range(20):  # without the retry, 8 of 160 opens failed here
+            barrier = manager.Barrier(8)
+            path = str(tmp_path / f"shop{attempt}.sqlite3")
+            processes = [multiprocessing.Process(target=_open_when_released, args=(path, barrier, errors))
+                         for _ in range(8)]  # fmt: skip
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join(timeout=60)
+            assert [process.exitcode for process in processes] == [0] * 8
+        assert list(errors) == []
+
+
 def test_create_order_copies_prices_and_refuses_unknown_products(shop: sqlite3.Connection) -> None:
     order_id = create_order(shop, "ann@example.com", 7, MUG_AND_SHIRT)
     add_product(shop, "MUG", "Coffee mug", 9999, 10)  # a later price change
