@@ -56,62 +56,90 @@ _EXECUTIONS = rq.executions.ExecutionRegistry.key_template.format("")
 _RESULTS = rq.results.Result.get_key("")  # type: ignore[no-untyped-call]
 
 #: KEYS: the worker's hash, the worker's execution index, then for each queue in priority
-#: order the queue and its started registry. ARGV: see ``step`` (the names of the fields).
+#: order the queue and its started registry. ARGV: see ``step``. Returns the outcome of
+#: each ended run, and the jobs started.
 STEP = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local A = ARGV
-local ended = 0
-local ended_run = nil
-if A[9] ~= '' then
-    local job_key = '{_JOB}' .. A[9]
-    ended_run = A[9] .. ':' .. A[10]
-    local h = redis.call('HMGET', job_key, '{CURRENT_RUN}', 'status')
-    if h[1] ~= A[10] or h[2] ~= 'started' then
-        if h[1] == A[10] and h[2] == 'finished' then ended = {RECORDED_BEFORE}
-        elseif h[2] then ended = {LEASE_LOST} else ended = {JOB_GONE} end
-        -- This run's own records: it is over, whatever became of the job.
-        redis.call('DEL', '{_EXECUTION}' .. ended_run)
-        redis.call('ZREM', '{_EXECUTIONS}' .. A[9], A[10])
-    elseif redis.call('SCARD', job_key .. ':dependents') > 0 then
-        return {{{NOT_PLAIN}}}
+local claim, n_ended = tonumber(A[8]), tonumber(A[9])
+local E = 9 + claim
+local outcomes, deferred = {{}}, false
+-- A run with dependents is recorded RQ's way (it enqueues them): then nothing is done here.
+for e = 0, n_ended - 1 do
+    if redis.call('SCARD', '{_JOB}' .. A[E + e * 10 + 1] .. ':dependents') > 0 then
+        outcomes[e + 1] = {NOT_PLAIN}
+        deferred = true
     else
-        ended = {RECORDED}
-        redis.call('ZREM', A[11], ended_run)
-        local ttl = tonumber(A[13])
+        outcomes[e + 1] = 0
+    end
+end
+if deferred then return {{outcomes, {{}}}} end
+local function add(t, k, v) local l = t[k]; if not l then l = {{}}; t[k] = l end; table.insert(l, v) end
+local unregister, doomed, ended_runs = {{}}, {{}}, {{}}
+for e = 0, n_ended - 1 do
+    local b = E + e * 10
+    local job_id, execution_id = A[b + 1], A[b + 2]
+    local job_key = '{_JOB}' .. job_id
+    local run = job_id .. ':' .. execution_id
+    table.insert(ended_runs, run)
+    local h = redis.call('HMGET', job_key, '{CURRENT_RUN}', 'status')
+    if h[1] ~= execution_id or h[2] ~= 'started' then
+        if h[1] == execution_id and h[2] == 'finished' then outcomes[e + 1] = {RECORDED_BEFORE}
+        elseif h[2] then outcomes[e + 1] = {LEASE_LOST} else outcomes[e + 1] = {JOB_GONE} end
+        -- This run's own records: it is over, whatever became of the job.
+        table.insert(doomed, '{_EXECUTION}' .. run)
+        redis.call('ZREM', '{_EXECUTIONS}' .. job_id, execution_id)
+    else
+        outcomes[e + 1] = {RECORDED}
+        add(unregister, A[b + 3], run)
+        local ttl = tonumber(A[b + 5])
         if ttl == 0 then
-            redis.call('DEL', job_key, '{_EXECUTION}' .. ended_run, '{_EXECUTIONS}' .. A[9], '{_RESULTS}' .. A[9])
+            for _, k in ipairs({{job_key, '{_EXECUTION}' .. run, '{_EXECUTIONS}' .. job_id, '{_RESULTS}' .. job_id}}) do
+                table.insert(doomed, k)
+            end
         else
-            redis.call('HSET', job_key, 'status', 'finished', 'ended_at', A[18])
-            local results = '{_RESULTS}' .. A[9]
-            local entry = {{'type', '1', 'worker_name', A[5]}}
-            if A[15] ~= '' then table.insert(entry, 'return_value'); table.insert(entry, A[15]) end
-            for _, v in ipairs({{'execution_id', A[10], 'execution_started_at', A[16], 'execution_ended_at', A[17]}}) do
+            redis.call('HSET', job_key, 'status', 'finished', 'ended_at', A[b + 10])
+            local results = '{_RESULTS}' .. job_id
+            local entry = {{'type', '1', 'worker_name', A[4]}}
+            if A[b + 7] ~= '' then table.insert(entry, 'return_value'); table.insert(entry, A[b + 7]) end
+            for _, v in ipairs({{'execution_id', execution_id, 'execution_started_at', A[b + 8],
+                                 'execution_ended_at', A[b + 9]}}) do
                 table.insert(entry, v)
             end
             redis.call('XADD', results, 'MAXLEN', '~', '10', '*', unpack(entry))
-            redis.call('ZADD', A[12], A[14], A[9])
+            redis.call('ZADD', A[b + 4], A[b + 6], job_id)
             if ttl > 0 then
                 redis.call('EXPIRE', results, ttl)
                 redis.call('EXPIRE', job_key, ttl)
             else
                 redis.call('PERSIST', results)
             end
-            redis.call('DEL', '{_EXECUTION}' .. ended_run)
-            redis.call('ZREM', '{_EXECUTIONS}' .. A[9], A[10])
+            table.insert(doomed, '{_EXECUTION}' .. run)
+            redis.call('ZREM', '{_EXECUTIONS}' .. job_id, execution_id)
         end
     end
 end
-if A[7] ~= '' then
-    redis.call('HINCRBY', KEYS[1], 'successful_job_count', A[7])
-    redis.call('HINCRBYFLOAT', KEYS[1], 'total_working_time', A[8])
+for key, runs in pairs(unregister) do redis.call('ZREM', key, unpack(runs)) end
+if #doomed > 0 then redis.call('DEL', unpack(doomed)) end
+if A[6] ~= '' then
+    redis.call('HINCRBY', KEYS[1], 'successful_job_count', A[6])
+    redis.call('HINCRBYFLOAT', KEYS[1], 'total_working_time', A[7])
 end
-local started, blocked = false, false
-if A[19] == '1' then
-    for i = 3, #KEYS, 2 do
-        while not (started or blocked) do
-            local job_id = redis.call('LPOP', KEYS[i])
-            if not job_id then break end
+local started, leases, runs, blocked = {{}}, {{}}, {{}}, false
+local ttl = tonumber(A[3])
+for i = 3, #KEYS, 2 do
+    while #started < claim and not blocked do
+        local want = claim - #started
+        local ids
+        if want == 1 then
+            ids = redis.call('LPOP', KEYS[i])
+            if ids then ids = {{ids}} end
+        else
+            ids = redis.call('LPOP', KEYS[i], want)  -- a count needs Redis 6.2
+        end
+        if not ids then break end
+        for k, job_id in ipairs(ids) do
             local job_key = '{_JOB}' .. job_id
             local h = redis.call('HGETALL', job_key)
             local f = {{}}
@@ -121,32 +149,64 @@ if A[19] == '1' then
                 local current = f['{CURRENT_RUN}']
                 local live = current and redis.call('ZSCORE', KEYS[i + 1], job_id .. ':' .. current)
                 if live and tonumber(live) >= now then
-                    -- Another run holds its lease: left where it was, for RQ's way to sort out.
-                    redis.call('LPUSH', KEYS[i], job_id)
+                    -- Another run holds its lease: left where it was with those behind it, for RQ's way to sort out.
+                    local back = {{}}
+                    for j = #ids, k, -1 do table.insert(back, ids[j]) end
+                    redis.call('LPUSH', KEYS[i], unpack(back))
                     blocked = true
-                else
-                    local token = tonumber(f['{TASKCTL_RUNS}'] or '0') + 1
-                    local run = job_id .. ':' .. A[4]
-                    local ttl = tonumber(A[3])
-                    redis.call('HSET', job_key, 'status', 'started', 'started_at', A[1], 'last_heartbeat', A[1],
-                        'worker_name', A[5], '{CURRENT_RUN}', A[4], '{TASKCTL_RUNS}', token)
-                    if f['ttl'] then redis.call('PERSIST', job_key) end
-                    redis.call('ZADD', KEYS[i + 1], now + ttl, run)
-                    redis.call('HSET', '{_EXECUTION}' .. run, 'id', A[4], 'job_id', job_id, 'created_at', A[2],
-                        'last_heartbeat', A[2], 'worker_name', A[5])
-                    redis.call('ZADD', '{_EXECUTIONS}' .. job_id, now + ttl + 60, A[4])
-                    redis.call('SADD', KEYS[2], run)
-                    if not ended_run then redis.call('EXPIRE', KEYS[2], ttl + 60) end
-                    if A[6] == '1' then redis.call('HSET', KEYS[1], 'state', 'busy') end
-                    started = {{ended, KEYS[i], job_id, h, token}}
+                    break
                 end
+                local token = tonumber(f['{TASKCTL_RUNS}'] or '0') + 1
+                local execution_id = A[9 + #started + 1]
+                local run = job_id .. ':' .. execution_id
+                redis.call('HSET', job_key, 'status', 'started', 'started_at', A[1], 'last_heartbeat', A[1],
+                    'worker_name', A[4], '{CURRENT_RUN}', execution_id, '{TASKCTL_RUNS}', token)
+                if f['ttl'] then redis.call('PERSIST', job_key) end
+                add(leases, KEYS[i + 1], now + ttl)
+                add(leases, KEYS[i + 1], run)
+                redis.call('HSET', '{_EXECUTION}' .. run, 'id', execution_id, 'job_id', job_id, 'created_at', A[2],
+                    'last_heartbeat', A[2], 'worker_name', A[4])
+                redis.call('ZADD', '{_EXECUTIONS}' .. job_id, now + ttl + 60, execution_id)
+                table.insert(runs, run)
+                table.insert(started, {{KEYS[i], job_id, h, token, execution_id}})
             end
         end
-        if started or blocked then break end
+        if #ids < want then break end
     end
+    if #started == claim or blocked then break end
 end
-if ended_run then redis.call('SREM', KEYS[2], ended_run) end
-return started or {{ended}}
+for key, entries in pairs(leases) do redis.call('ZADD', key, unpack(entries)) end
+if #runs > 0 then
+    redis.call('SADD', KEYS[2], unpack(runs))
+    if n_ended == 0 then redis.call('EXPIRE', KEYS[2], ttl + 60) end
+    if A[5] == '1' then redis.call('HSET', KEYS[1], 'state', 'busy') end
+end
+if #ended_runs > 0 then redis.call('SREM', KEYS[2], unpack(ended_runs)) end
+return {{outcomes, started}}
+"""
+
+#: Give back runs started by a step that never began (ARGV: job id, execution id, queue key and
+#: started registry of each, in queue order): each one still the job's current run goes back to
+#: the front of its queue, queued again, as if it had never been claimed; its token stays spent.
+#: KEYS[1]: the worker's execution index. Returns how many went back.
+GIVE_BACK = f"""
+local back = 0
+for b = #ARGV - 3, 1, -4 do
+    local job_id, execution_id, queue, registry = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local job_key = '{_JOB}' .. job_id
+    local run = job_id .. ':' .. execution_id
+    local h = redis.call('HMGET', job_key, '{CURRENT_RUN}', 'status')
+    if h[1] == execution_id and h[2] == 'started' then
+        redis.call('HSET', job_key, 'status', 'queued')
+        redis.call('LPUSH', queue, job_id)
+        back = back + 1
+    end
+    redis.call('ZREM', registry, run)
+    redis.call('DEL', '{_EXECUTION}' .. run)
+    redis.call('ZREM', '{_EXECUTIONS}' .. job_id, execution_id)
+    redis.call('SREM', KEYS[1], run)
+end
+return back
 """
 
 
@@ -169,12 +229,13 @@ class Ended:
 
 @dataclass
 class Started:
-    """The job a step started: its hash as it was before the start, its queue and its fencing token."""
+    """A job a step started: its queue, its hash as it was before the start, its fencing token and its run."""
 
     queue_key: str
     job_id: str
     job_hash: dict[bytes, bytes]
     token: int
+    execution_id: str
 
 
 def encode_result(serializer: Any, value: Any) -> str:
@@ -189,38 +250,43 @@ def step(
     queues: list[tuple[str, str]],
     worker_name: str,
     *,
-    ended: Ended | None,
-    claim: bool,
-    execution_id: str,
+    ended: list[Ended],
+    execution_ids: list[str],
     started_at_text: str,
     started_at: float,
     lease_seconds: int,
     set_busy: bool,
     successes: int,
     working_seconds: float,
-) -> tuple[int, Started | None]:
-    """Record ``ended`` (if any) and, with ``claim``, start the next job of ``queues`` ((queue, started registry) keys).
+) -> tuple[list[int], list[Started]]:
+    """Record the ``ended`` runs and start up to one job per execution id, from ``queues`` in priority order.
 
-    Returns the outcome of the end (0 when there was none: see RECORDED and the
-    others) and the job started, if any. NOT_PLAIN means nothing was done: the
-    ended run has dependents and must be recorded RQ's way.
+    ``queues`` are (queue, started registry) keys. Returns the outcome of each ended
+    run (RECORDED and the others) and the jobs started, in queue order. When one
+    ended run has dependents, its outcome is NOT_PLAIN, nothing at all is done and
+    every other outcome is 0: that run is to be recorded RQ's way, then the rest again.
     """
     args: list[Any] = [
-        started_at_text, repr(started_at), lease_seconds, execution_id, worker_name, "1" if set_busy else "",
-        successes or "", repr(working_seconds) if successes else "",
+        started_at_text, repr(started_at), lease_seconds, worker_name, "1" if set_busy else "",
+        successes or "", repr(working_seconds) if successes else "", len(execution_ids), len(ended), *execution_ids,
     ]  # fmt: skip
-    if ended is None:
-        args += [""] * 10
-    else:
-        args += [ended.job_id, ended.execution_id, ended.started_registry, ended.finished_registry,
-                 ended.result_ttl, ended.finished_score, ended.return_value, repr(ended.started_at),
-                 repr(ended.ended_at), ended.ended_at_text]  # fmt: skip
-    args.append("1" if claim else "")
+    for run in ended:
+        args += [run.job_id, run.execution_id, run.started_registry, run.finished_registry, run.result_ttl,
+                 run.finished_score, run.return_value, repr(run.started_at), repr(run.ended_at),
+                 run.ended_at_text]  # fmt: skip
     keys = [worker_key, worker_executions_key, *(key for pair in queues for key in pair)]
-    reply = lua(connection, STEP)(keys=keys, args=args, client=connection)
-    outcome = int(reply[0])
-    if len(reply) == 1:
-        return outcome, None
-    queue_key, job_id, flat, token = reply[1:]
-    job_hash = dict(zip(flat[::2], flat[1::2], strict=True))
-    return outcome, Started(as_text(queue_key), as_text(job_id), job_hash, int(token))
+    outcomes, started = lua(connection, STEP)(keys=keys, args=args, client=connection)
+    jobs = [
+        Started(as_text(queue), as_text(job_id), dict(zip(flat[::2], flat[1::2], strict=True)), int(n), as_text(run))
+        for queue, job_id, flat, n, run in started
+    ]
+    return [int(outcome) for outcome in outcomes], jobs
+
+
+def give_back(connection: Redis, worker_executions_key: str, runs: list[tuple[Started, str]]) -> int:
+    """Put back at the front of their queues the started jobs that never began ((job, started registry) pairs)."""
+    if not runs:
+        return 0
+    args = [value for started, registry in runs
+            for value in (started.job_id, started.execution_id, started.queue_key, registry)]  # fmt: skip
+    return int(lua(connection, GIVE_BACK)(keys=[worker_executions_key], args=args, client=connection))

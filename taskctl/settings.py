@@ -53,6 +53,9 @@ class Settings:
     # worker that could not renew stops the run lease_margin s before that (see
     # taskctl.lease). Less than the grace, so that one late heartbeat does not stop a run.
     lease_margin: float = 2.0
+    # Jobs a worker may start in one round trip while its jobs are short (under a few ms
+    # each): one job at a time when they are not, and 1 turns it off (see taskctl.hotpath).
+    prefetch: int = 8
     # Address space a job may add to its process, in MiB (0: no limit): past it the job fails with MemoryError.
     job_memory_limit_mb: int = 0
     # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and
@@ -246,6 +249,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         heartbeat_grace=heartbeat_grace,
         maintenance_interval=int(number("TASKCTL_MAINTENANCE_INTERVAL", defaults.maintenance_interval)),
         lease_margin=_lease_margin(env, heartbeat_grace),
+        prefetch=_prefetch(env),
         job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         sentinel_password=env.get("TASKCTL_SENTINEL_PASSWORD", ""),
@@ -269,6 +273,16 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         push_timeout=float(number("PUSH_TIMEOUT", defaults.push_timeout)),
         database_path=Path(env["DATABASE_PATH"]) if env.get("DATABASE_PATH") else None,
     )
+
+
+def _prefetch(env: Mapping[str, str]) -> int:
+    """TASKCTL_PREFETCH, 1 to 100: a step's reply carries every job it starts, whole."""
+    if "TASKCTL_PREFETCH" not in env:
+        return Settings.prefetch
+    prefetch = int(_number("TASKCTL_PREFETCH", env["TASKCTL_PREFETCH"], int, minimum=1))
+    if prefetch > 100:
+        raise SettingsError(f"TASKCTL_PREFETCH={env['TASKCTL_PREFETCH']!r} must be 100 or less (1 turns it off)")
+    return prefetch
 
 
 def _lease_margin(env: Mapping[str, str], heartbeat_grace: int) -> float:

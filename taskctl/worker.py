@@ -39,6 +39,7 @@ What both add to RQ's workers, each for a failure seen in practice:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import logging
@@ -103,6 +104,13 @@ _POOL_NAME = re.compile(r"[0-9a-f]{32}")
 OVERRUN_GRACE = 3
 #: Seconds by which the worker's key must outlive the longest idle wait for a heartbeat to be skipped.
 HEARTBEAT_MARGIN = 5
+#: Jobs shorter than this on average (seconds) are started several per step: a round trip costs
+#: a few hundred microseconds of the worker's time and of Redis's, a large share of a short job
+#: and a small one of a longer job, which would only keep the jobs behind it waiting.
+SHORT_JOB = 0.005
+#: Seconds a job started ahead may wait for the jobs before it; past that it is given back to
+#: its queue (its lease, counted from the step, must still have most of its time to run).
+AHEAD_FOR = 1.0
 
 
 try:
@@ -554,8 +562,16 @@ class Worker(_Worker, rq.SimpleWorker):
         if multiprocessing.parent_process() is not None:
             die_with_parent()  # a worker of `rq worker-pool`: it goes with its pool
         self._monitor = _JobMonitor(self)
-        #: The run that returned, recorded by the next step, with the job, queue and run it was.
-        self._ended: tuple[hotpath.Ended, rq.job.Job, rq.Queue, rq.executions.Execution] | None = None
+        #: The runs that returned, to be recorded by the next step, each with its job, queue and run.
+        self._ended: list[tuple[hotpath.Ended, rq.job.Job, rq.Queue, rq.executions.Execution]] = []
+        #: Jobs the last step started beyond the first, not begun yet, and when that step was sent.
+        self._ahead: collections.deque[hotpath.Started] = collections.deque()
+        self._ahead_sent_at, self._ahead_started_at = 0.0, rq.utils.now()
+        #: How many jobs the next step may start: doubled while jobs are short, up to the setting.
+        self._claim, self._batch = 1, (0.0, 0)
+        self._prefetch = get_settings().prefetch
+        #: The ended runs and the jobs ahead are the main thread's, and the monitor's once a job runs long.
+        self._batch_lock = threading.Lock()
         #: Successes and their working time not yet added to RQ's worker statistics.
         self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, 0.0
         self._queues_by_key: dict[str, rq.Queue] = {}
@@ -580,18 +596,32 @@ class Worker(_Worker, rq.SimpleWorker):
             self._monitor.watch(None, None)
             self.lease.end()
 
-    # The busy worker's path (taskctl.hotpath): each job's end is recorded by the step that
-    # starts the next one. Everything that is not a plain success goes RQ's way.
+    # The busy worker's path (taskctl.hotpath): the ends of runs are recorded by the step that
+    # starts the next jobs, up to `prefetch` of them while jobs are short. Everything that is
+    # not a plain success goes RQ's way.
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[rq.job.Job, rq.Queue] | None:
-        stepped = self._step(claim=True)
+        with self._batch_lock:
+            if self._ahead and time.monotonic() - self._ahead_sent_at < AHEAD_FOR:
+                return self._began(self._ahead.popleft(), self._ahead_sent_at, self._ahead_started_at, ahead=True)
+            self._give_back(patient=True)  # jobs that waited too long: their leases are running out
+            stepped = self._step(self._next_claim())
         if stepped is not None:
             return stepped
         self.record_ended()
         # Nothing queued: RQ's wait, which blocks until a job arrives (Queue.dequeue_any).
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def _next_claim(self) -> int:
+        """Double the jobs a step starts while the last step's took under SHORT_JOB each, else one."""
+        sent_at, count = self._batch
+        if count and (time.monotonic() - sent_at) / count < SHORT_JOB:
+            self._claim = min(self._prefetch, 2 * self._claim)
+        else:
+            self._claim = 1
+        return self._claim
 
     def handle_job_success(self, job: rq.job.Job, queue: rq.Queue, started_job_registry: Any,
                            execution: rq.executions.Execution) -> None:  # fmt: skip
@@ -613,84 +643,97 @@ class Worker(_Worker, rq.SimpleWorker):
             started_at=execution.created_at.timestamp(), ended_at=job.ended_at.timestamp(),
             ended_at_text=rq.utils.utcformat(job.ended_at), working_seconds=working,
         )  # fmt: skip
-        self._ended = (ended, job, queue, execution)
-        self.executions.pop(execution.id, None)
-        self._successes += 1
-        self._working_seconds += working
+        with self._batch_lock:
+            self._ended.append((ended, job, queue, execution))
+            self.executions.pop(execution.id, None)
+            self._successes += 1
+            self._working_seconds += working
 
-    def _step(self, claim: bool) -> tuple[rq.job.Job, rq.Queue] | None:
-        """One round trip: record the run that ended, and with ``claim`` start the next job."""
+    def _step(self, claim: int, patient: bool = True) -> tuple[rq.job.Job, rq.Queue] | None:
+        """One round trip: record the runs that ended and start up to ``claim`` jobs; the first is returned.
+
+        The others wait in ``_ahead``. The monitor's steps are not ``patient``: they
+        neither wait for Redis nor record RQ's way (from another thread) a run with
+        dependents, which stays for the main thread's next step.
+        """
         while True:
             ended = self._ended
             started_at = rq.utils.now()
             sent_at = time.monotonic()
             stats = bool(self._successes) and (not claim or sent_at - self._stats_sent_at >= 1)
-            execution_id = uuid.uuid4().hex
             lease_seconds = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
             try:
-                outcome, started = hotpath.step(
+                outcomes, started = hotpath.step(
                     self.connection, self.key, self.executions_key,
                     [(q.key, self._registries(q)[0]) for q in self._ordered_queues], self.name,
-                    ended=ended[0] if ended else None, claim=claim, execution_id=execution_id,
+                    ended=[run[0] for run in ended], execution_ids=[uuid.uuid4().hex for _ in range(claim)],
                     started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
                     lease_seconds=lease_seconds, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
                     successes=self._successes if stats else 0, working_seconds=self._working_seconds,
                 )  # fmt: skip
             except REDIS_DOWN_ERRORS:
-                # The step may have been run, its reply lost: then its end reads as recorded
-                # before, and a job it started is recovered when that run's lease runs out.
+                # The step may have been run, its reply lost: then its ends read as recorded
+                # before, and the jobs it started are recovered when their leases run out.
+                if not patient:
+                    return None
                 self._wait_for_redis()
                 continue
-            if ended is not None:
-                self._ended = None
-                if not self._ended_as(outcome, *ended):
-                    continue  # recorded RQ's way instead; nothing was started or counted
+            if hotpath.NOT_PLAIN in outcomes:  # nothing was done: those runs are recorded RQ's way first
+                if not patient:
+                    return None
+                paired = list(zip(outcomes, ended, strict=True))
+                self._ended = [run for outcome, run in paired if outcome != hotpath.NOT_PLAIN]
+                for outcome, run in paired:
+                    if outcome == hotpath.NOT_PLAIN:
+                        self._recorded_rqs_way(*run)
+                continue
+            self._ended = []
+            for outcome, run in zip(outcomes, ended, strict=True):
+                if outcome == hotpath.LEASE_LOST:
+                    self.log.warning("Worker %s: job %s: run %s no longer holds the job's lease (recovered, or run "
+                                     "again elsewhere); its success is not recorded", self.name, run[1].id,
+                                     getattr(run[1], "fencing_token", "?"))  # fmt: skip
             if stats:
                 self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, sent_at
-            if started is None:
+            self._batch = (sent_at, len(started))
+            if not started:
                 return None
-            return self._started(started, execution_id, started_at, sent_at, lease_seconds)
+            self._ahead.extend(started[1:])
+            self._ahead_sent_at, self._ahead_started_at = sent_at, started_at
+            return self._began(started[0], sent_at, started_at, ahead=False)
 
-    def _ended_as(
-        self, outcome: int, ended: hotpath.Ended, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution
-    ) -> bool:
-        """Deal with what the step did with the run that ended; False if it was left to RQ's way."""
-        if outcome == hotpath.NOT_PLAIN:  # dependents to enqueue: RQ's record, with its lease check
-            self._successes -= 1
-            self._working_seconds -= ended.working_seconds
-            self.executions[execution.id] = execution
-            super().handle_job_success(job, queue, queue.started_job_registry, execution)
-            return False
-        if outcome == hotpath.LEASE_LOST:
-            self.log.warning("Worker %s: job %s: run %s no longer holds the job's lease (recovered, or run again "
-                             "elsewhere); its success is not recorded", self.name, job.id,
-                             getattr(job, "fencing_token", "?"))  # fmt: skip
-        return True
+    def _recorded_rqs_way(
+        self, ended: hotpath.Ended, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution
+    ) -> None:
+        """A run with dependents to enqueue: RQ's record, with its lease check."""
+        self._successes -= 1
+        self._working_seconds -= ended.working_seconds
+        self.executions[execution.id] = execution
+        super().handle_job_success(job, queue, queue.started_job_registry, execution)
 
-    def _started(
-        self, started: hotpath.Started, execution_id: str, started_at: Any, sent_at: float, lease_seconds: int
+    def _began(
+        self, started: hotpath.Started, sent_at: float, started_at: Any, *, ahead: bool
     ) -> tuple[rq.job.Job, rq.Queue]:
-        """The job a step started, as RQ's start would have left it, and its queue."""
+        """A job a step started, as RQ's start would have left it, and its queue."""
         self._state = rq.worker.WorkerStatus.BUSY
         job = CatalogJob(started.job_id, connection=self.connection)
         job.restore(started.job_hash)
         job._status = rq.job.JobStatus.STARTED
-        job.started_at = job.last_heartbeat = started_at
+        job.last_heartbeat = started_at
+        # Its working time counts from now, not from the step that started it with the jobs before it.
+        job.started_at = rq.utils.now() if ahead else started_at
         job.worker_name = self.name
         owed = retries_owed(job)
         if owed:  # the retries that runs no taskctl worker started spent (CatalogJob.prepare_for_execution)
             job.retries_left = (job.retries_left or 0) + owed
             self._through_outages(self.connection.hset, job.key, "retries_left", job.retries_left)
-        execution = rq.executions.Execution(execution_id, job.id, self.connection, worker_name=self.name)
+        execution = rq.executions.Execution(started.execution_id, job.id, self.connection, worker_name=self.name)
         execution.created_at = execution.last_heartbeat = started_at
         execution._job = job
         job.fenced_by, job.fencing_token = execution, started.token
+        lease_seconds = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
         job.stepped = (execution, sent_at, lease_seconds)  # type: ignore[attr-defined]
-        queue = self._queues_by_key.get(started.queue_key)
-        if queue is None:
-            queue = self._queues_by_key[started.queue_key] = self.queue_class.from_queue_key(
-                started.queue_key, connection=self.connection, death_penalty_class=self.death_penalty_class
-            )
+        queue = self._queue_of(started.queue_key)
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
         if self.log_job_description:
@@ -699,6 +742,39 @@ class Worker(_Worker, rq.SimpleWorker):
             self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
         return job, queue
 
+    def _give_back(self, patient: bool) -> None:
+        """Put the jobs started ahead that did not begin back at the front of their queues (under the lock)."""
+        if not self._ahead:
+            return
+        runs = [(started, self._registries(self._queue_of(started.queue_key))[0]) for started in self._ahead]
+        try:
+            if patient:
+                self._through_outages(hotpath.give_back, self.connection, self.executions_key, runs)
+            else:
+                hotpath.give_back(self.connection, self.executions_key, runs)
+        except REDIS_DOWN_ERRORS:
+            return  # the monitor's: the main thread gives them back, or their leases run out
+        self._ahead.clear()
+
+    def _queue_of(self, queue_key: str) -> rq.Queue:
+        queue = self._queues_by_key.get(queue_key)
+        if queue is None:
+            queue = self._queues_by_key[queue_key] = self.queue_class.from_queue_key(
+                queue_key, connection=self.connection, death_penalty_class=self.death_penalty_class
+            )
+        return queue
+
+    def flush(self) -> None:
+        """From the monitor, while a job runs long: record the runs before it, give back the jobs after it."""
+        if not (self._ended or self._ahead) or not self._batch_lock.acquire(blocking=False):
+            return  # nothing to do, or the main thread is between jobs, at its own step
+        try:
+            self._give_back(patient=False)
+            if self._ended:
+                self._step(0, patient=False)
+        finally:
+            self._batch_lock.release()
+
     def _registries(self, queue: rq.Queue) -> tuple[str, str]:
         keys = self._registry_keys.get(queue.key)
         if keys is None:
@@ -706,12 +782,15 @@ class Worker(_Worker, rq.SimpleWorker):
         return keys
 
     def record_ended(self) -> None:
-        """Record now the run that ended, and the statistics not sent yet, as the next step would."""
-        if self._ended is not None or self._successes:
-            self._step(claim=False)
+        """Record now the runs that ended, and the statistics not sent yet, as the next step would."""
+        with self._batch_lock:
+            if self._ended or self._successes:
+                self._step(0)
 
     def teardown(self) -> None:
         with contextlib.suppress(*REDIS_DOWN_ERRORS, StopRequested):
+            with self._batch_lock:
+                self._give_back(patient=True)
             self.record_ended()
         super().teardown()
 
@@ -723,6 +802,8 @@ class Worker(_Worker, rq.SimpleWorker):
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         _use_scheduler(ThreadScheduler)
+        if self.get_redis_server_version() < (6, 2, 0):  # type: ignore[no-untyped-call]  # LPOP with a count
+            self._prefetch = 1
         self._monitor.start()
         LeaseGuard(self.lease, self._lease_holder).start()
         if self.job_memory_limit_mb:
@@ -757,6 +838,8 @@ class _JobMonitor(threading.Thread):
             overrun = job.timeout and job.timeout > 0 and now - since > job.timeout + OVERRUN_GRACE
             if overrun and self._running is running:
                 self._end_overrun(job, queue)
+            if now - since >= self.TICK and self._running is running:
+                self.worker.flush()  # a long job: the runs before it recorded, the jobs after it given back
             execution = self.worker.execution
             if now - max(since, beat_at) < self.worker.job_monitoring_interval or execution is None:
                 continue

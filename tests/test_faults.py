@@ -622,6 +622,38 @@ def test_every_job_of_a_dead_worker_is_retried_or_failed_within_30_seconds_whate
     assert late == [], shown
 
 
+def test_workers_killed_while_they_hold_several_short_jobs_lose_nothing(
+    workers: Callable[..., subprocess.Popen[str]], redis: Redis, tmp_path: Path, soak: int
+) -> None:
+    """Short jobs are started several per step (TASKCTL_PREFETCH): a worker SIGKILLed takes them all with it."""
+    log = tmp_path / "runs.log"
+    ids = enqueue_tallies(log, 8000 * soak, 0.001)
+    pool = [workers(IN_PROCESS) for _ in range(2)]
+    rng = random.Random(8)
+    held: list[int] = []
+    time.sleep(2)  # both up and busy
+    for _ in range(6 * soak):
+        time.sleep(0.7)
+        number = rng.randrange(len(pool))
+        victim = pool[number]
+        with redis.pipeline() as pipeline:
+            for job_id in ids:
+                pipeline.hmget(CatalogJob.redis_job_namespace_prefix + job_id, ("status", "worker_name"))
+            rows = pipeline.execute()
+        name = worker_name(victim.pid).encode()
+        held.append(sum(1 for status, worker in rows if status == b"started" and worker == name))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        pool[number] = workers(IN_PROCESS)
+
+    result = audit(redis, ids, log, timeout=240)
+
+    SUMMARIES.append(result.line("short jobs, workers SIGKILLed", f" kills={len(held)}; jobs each held={held}"))
+    assert max(held) > 1  # the kills did take several started jobs with them
+    assert (result.lost, result.stuck, result.overlapping) == ([], [], [])
+    assert result.finished + result.failed == result.accepted
+
+
 def test_a_job_claimed_by_a_worker_that_died_before_starting_it_runs_within_30_seconds_spending_no_retry(
     configured: str, redis: Redis, tmp_path: Path
 ) -> None:

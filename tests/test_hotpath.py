@@ -7,6 +7,7 @@ compared with what RQ's own success path leaves (the forking worker's).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import rq
 from redis import Redis
 
+from taskctl import hotpath
 from taskctl.enqueue import enqueue_call, enqueue_many, prepare
 from taskctl.rqclasses import CatalogJob, Queue
 from tests.conftest import FORKING, ROOT, worker_command
@@ -29,21 +31,33 @@ def burst(*queues: str, worker_class: str = "taskctl.worker.Worker") -> None:
                    capture_output=True)  # fmt: skip
 
 
-def test_a_busy_worker_spends_one_script_and_14_commands_on_each_job_that_keeps_no_result(
+def test_a_busy_worker_on_short_jobs_starts_eight_per_script_and_spends_8_commands_on_each_that_keeps_no_result(
     configured: str, redis: Redis
 ) -> None:
     jobs = 1000
     enqueue_many([prepare("add_quietly", (2, 3)) for _ in range(jobs)], redis)
     before = commands(redis)
-    burst("default")  # each empty queue before it in priority order would cost one LPOP per job more
+    burst("default")  # each empty queue before it in priority order would cost one LPOP per step more
     after = commands(redis)
     spent = {name: after[name] - before.get(name, 0) for name in after}
-    # One script per job, plus the few the worker and its scheduler send to start, to find nothing and to stop.
-    assert jobs <= spent["evalsha"] <= jobs + 30
+    # One script per 8 jobs (TASKCTL_PREFETCH), once the first few steps have found the jobs short,
+    # plus the few the worker and its scheduler send to start, to find nothing and to stop.
+    assert jobs / 8 <= spent["evalsha"] <= jobs / 8 + 30
     # Start-up, maintenance and teardown are a few hundred commands in all, whatever the count of jobs.
-    assert sum(spent.values()) - 200 <= 14 * jobs, sorted(spent.items(), key=lambda item: -item[1])
+    assert sum(spent.values()) - 200 <= 8 * jobs, sorted(spent.items(), key=lambda item: -item[1])
     assert not redis.keys("rq:job:*") and not redis.keys("rq:results:*") and not redis.keys("rq:execution*")
     assert redis.zcard("rq:finished:default") == redis.zcard("rq:wip:default") == 0
+
+
+def test_with_prefetch_off_a_busy_worker_spends_one_script_per_job(configured: str, redis: Redis) -> None:
+    jobs = 300
+    enqueue_many([prepare("add_quietly", (2, 3)) for _ in range(jobs)], redis)
+    before = commands(redis)
+    subprocess.run(worker_command("--burst", "default"), cwd=ROOT, check=True, timeout=120, capture_output=True,
+                   env={**os.environ, "TASKCTL_PREFETCH": "1"})  # fmt: skip
+    spent = commands(redis)["evalsha"] - before.get("evalsha", 0)
+    assert jobs <= spent <= jobs + 30
+    assert not redis.keys("rq:job:*")
 
 
 def test_a_job_the_step_finished_looks_as_rqs_own_success_path_leaves_it(configured: str, redis: Redis) -> None:
@@ -124,3 +138,65 @@ def test_a_job_with_dependents_is_recorded_rqs_way_and_its_dependents_run(config
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_jobs_a_step_started_but_their_worker_never_began_go_back_to_the_front_of_their_queue(
+    configured: str, redis: Redis
+) -> None:
+    queue = Queue("default", connection=redis)
+    ids = [enqueue_call("add", (n, 1)).id for n in range(4)]
+    registry = queue.started_job_registry.key
+    index = "rq:worker:test:executions"
+    outcomes, started = hotpath.step(
+        redis, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
+        started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
+        successes=0, working_seconds=0.0,
+    )  # fmt: skip
+    assert (outcomes, [s.job_id for s in started]) == ([], ids[:3])
+    assert [redis.hget(CatalogJob.key_for(i), "status") for i in ids] == [b"started"] * 3 + [b"queued"]
+
+    assert hotpath.give_back(redis, index, [(s, registry) for s in started[1:]]) == 2
+
+    assert [i.decode() for i in redis.lrange(queue.key, 0, -1)] == ids[1:]  # in their order, at the front
+    assert [redis.hget(CatalogJob.key_for(i), "status") for i in ids] == [b"started"] + [b"queued"] * 3
+    assert [m.decode() for m in redis.zrange(registry, 0, -1)] == [f"{ids[0]}:r1"]
+    assert {m.decode() for m in redis.smembers(index)} == {f"{ids[0]}:r1"}
+    assert not redis.exists(f"rq:execution:{ids[1]}:r2", f"rq:executions:{ids[1]}")
+    # Given back twice (a retried reply): nothing more happens.
+    assert hotpath.give_back(redis, index, [(s, registry) for s in started[1:]]) == 0
+    assert redis.llen(queue.key) == 3
+
+
+def test_behind_a_long_job_the_jobs_its_step_started_are_given_back_to_other_workers(
+    configured: str, redis: Redis, tmp_path: Path
+) -> None:
+    """Short jobs are started several per step; one that runs long does not hold up the others.
+
+    The jobs started with it that it keeps waiting go back to their queue for any worker
+    (here a second one), and the runs it follows are recorded at once, not after it.
+    """
+    log = tmp_path / "runs.log"
+    tally = [prepare("tally", (str(log), f"q{n}", 0)) for n in range(70)]
+    # The 44th job runs 4 s: wherever the first worker's steps of 8 begin, it is started with others.
+    tally[43] = prepare("tally", (str(log), "long", 4))
+    ids = enqueue_many(tally, redis)
+    first = subprocess.Popen(worker_command("default"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: log.exists() and "start long " in log.read_text(), 30, "the long job started")
+        # The run before it is recorded within a second or so (by the worker's monitor), long before it ends.
+        wait_for(lambda: redis.hget(CatalogJob.key_for(ids[42]), "status") == b"finished", 2.5, "the one before done")
+        assert "end long " not in log.read_text()
+        burst("default")  # a second worker: it finds the jobs given back
+        lines = [line.split() for line in log.read_text().splitlines()]
+        long_ended = [float(at) for kind, token, _, at in lines if (kind, token) == ("end", "long")]
+        assert not long_ended, "the second worker finished the rest before the long job ended"
+        assert sorted(token for kind, token, _, _ in lines if kind == "start") == sorted(
+            [f"q{n}" for n in range(70) if n != 43] + ["long"]
+        )  # each began once
+        given_back = [i for i in ids[44:] if redis.hget(CatalogJob.key_for(i), "taskctl_runs") == b"2"]
+        assert given_back, "some jobs behind the long one had been started with it, then given back"
+        assert {redis.hget(CatalogJob.key_for(i), "status") for i in ids[44:]} == {b"finished"}
+    finally:
+        first.terminate()
+        first.wait(timeout=15)
+    assert redis.hget(CatalogJob.key_for(ids[43]), "status") == b"finished"
