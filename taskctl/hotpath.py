@@ -1,29 +1,39 @@
-"""A busy worker's way through its jobs: one Redis round trip per job, one script.
+"""A busy worker's way through its jobs: one Redis round trip per batch of jobs, one script.
 
 RQ's worker spends about 50 commands in a dozen round trips on each job (claim,
 register the run, mark it started, heartbeat, record the result, clean up), and
 Redis's time per job is the ceiling of a whole fleet. Here a busy worker sends
-one script per job, ``STEP``, which records the run that just ended and starts
-the next job in priority order, server-side and atomically:
+one script, ``STEP``, which records the runs that ended since the last one and
+starts the next jobs in priority order, server-side and atomically:
 
-- the end: only while the run is still the job's current one and still
+- the ends: each only while its run is still the job's current one and still
   ``started`` (the lease check of taskctl.lease, no WATCH needed inside a
   script), RQ's own records of a success: status and end time in the job hash,
   the result in RQ's results stream, the finished registry and the job's TTL,
   or, for a job that keeps no result (``result_ttl=0``), the job deleted as RQ
-  deletes it; and the run's records gone from the started registry, the
+  deletes it; and the runs' records gone from the started registry, the
   execution indexes and the worker's;
-- the start: the first queued job of the first non-empty queue popped, and in
-  the same step registered as a run, as taskctl.lease's start script does it (a
-  lease scored on Redis's clock, the next fencing token, the run named in the
-  job hash), with RQ's execution records: there is no moment when the job is
-  neither in its queue nor started, so no intermediate list to recover.
+- the starts: up to as many queued jobs as the worker asks for, popped from the
+  first non-empty queues (one ``LPOP`` with a count, Redis 6.2) and in the same
+  step registered as runs, as taskctl.lease's start script does it (a lease
+  scored on Redis's clock, the next fencing token, the run named in the job
+  hash), with RQ's execution records: there is no moment when a job is neither
+  in its queue nor started, so no intermediate list to recover.
+
+The worker asks for several jobs only while its jobs are short (taskctl.worker):
+a round trip is then a large share of each job, and the jobs started with the
+first one wait for it a few milliseconds at most. A job started with others that
+has not begun when the one before it runs long goes back to the front of its
+queue (``GIVE_BACK``), for any worker; a worker that dies holding such jobs holds
+them as it holds its running one, under a lease, and they are recovered with it.
 
 What tools read is RQ's data model, field for field (rq-dashboard, ``rq info``,
 ``Job.fetch``, ``job.results()``, ``taskctl status``), with one difference of
 timing: a run's execution hash and index carry no TTL until the job's first
 heartbeat, a few seconds in; a run whose worker dies before that has them
-deleted when its lease is recovered (``LeaseRegistry``).
+deleted when its lease is recovered (``LeaseRegistry``). And a job started with
+others shows as started (by its worker, which holds it) a few milliseconds
+before it begins.
 
 Whatever is not a plain success (a failure, a retry, a job with dependents or
 dependencies, a repeat, a rate limit or a group) goes RQ's way, as before, and
