@@ -415,6 +415,10 @@ class _Worker(rq.worker.BaseWorker):
         kwargs["with_scheduler"] = True
         return bool(super().work(*args, **kwargs))
 
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        _lighten_log_records()
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ sends a heartbeat (three commands, one round trip) three to four times per
         # job. One alone is skipped while the last is recent and the worker's key is
@@ -985,6 +989,27 @@ class _SecondEndLine(logging.Filter):
 
 
 _SECOND_END_LINE = _SecondEndLine()
+
+
+def _lighten_log_records() -> None:
+    """Records stop looking up what no handler's format shows: the caller's frame, the process.
+
+    Python's logging documents these switches as its optimisations; the caller's frame
+    is a walk up the stack, for each of a busy worker's two lines per job. The thread
+    stays: _ThreadFilter reads it.
+    """
+    formats = " ".join(
+        str(getattr(handler.formatter, "_fmt", "") or "")
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        if isinstance(logger, logging.Logger)
+        for handler in logger.handlers
+    )
+    if not re.search(r"%\((pathname|filename|module|funcName|lineno|stack_info)\)", formats):
+        logging._srcfile = None
+    if "%(process)" not in formats:
+        logging.logProcesses = False
+    if "%(processName)" not in formats:
+        logging.logMultiprocessing = False
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ def test_environment_overrides_and_lists_accept_commas_or_spaces() -> None:
     assert settings.queues == ("critical", "bulk")
     assert settings.default_queue == "critical"  # no queue named "default": the first one
     assert settings.result_ttl == 60
+    assert load_settings({"TASKCTL_PREFETCH": "1"}, env_file=None).prefetch == 1
 
 
 def test_a_dotenv_file_fills_in_what_the_environment_does_not_set(tmp_path: Path) -> None:
@@ -52,6 +53,9 @@ def test_a_dotenv_file_fills_in_what_the_environment_does_not_set(tmp_path: Path
         ({"TASKCTL_QUEUES": " , "}, "TASKCTL_QUEUES is empty; expected a comma-separated list"),
         ({"TASKCTL_DEFAULT_QUEUE": "urgent"}, "TASKCTL_DEFAULT_QUEUE='urgent' is not one of TASKCTL_QUEUES"),
         ({"REDIS_URL": "http://:pw@host"}, "REDIS_URL='http://:***@host' must start with redis://"),
+        ({"TASKCTL_PREFETCH": "0"}, "TASKCTL_PREFETCH='0' must be 1 or more"),
+        ({"TASKCTL_PREFETCH": "500"}, "TASKCTL_PREFETCH='500' must be 100 or less (1 turns it off)"),
+        ({"TASKCTL_PREFETCH": "many"}, "TASKCTL_PREFETCH='many' is not a valid int"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_is_expected(environ: dict[str, str], message: str) -> None:
