@@ -385,6 +385,9 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
     server = redis_server(port, data)
     redis_process = server.__enter__()
     try:
+        # Short jobs first: the workers run them several per step (TASKCTL_PREFETCH) when Redis dies.
+        short_log = tmp_path / "short-runs.log"
+        short = enqueue_tallies(short_log, 60000 * soak, 0.0)  # more than the workers run before Redis dies
         ids = enqueue_tallies(log, 300 * soak, 0.05)
         delayed = taskctl("enqueue", "add", "1", "2", "--in", "40s").output.split(" as ")[1].split()[0]
         logs = [tmp_path / f"process-{n}.log" for n in range(3)]
@@ -402,6 +405,11 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
         web, base = start_web()
         processes.append(web)
         time.sleep(2.5)  # past the fsync window of what was enqueued so far; the workers are busy
+        with Redis.from_url(url).pipeline() as pipeline:
+            for job_id in short:
+                pipeline.hget(CatalogJob.redis_job_namespace_prefix + job_id, "status")
+            statuses_at_kill = pipeline.execute()
+            started_at_kill = sum(1 for status in statuses_at_kill if status == b"started")
         redis_process.send_signal(signal.SIGKILL)
         redis_process.wait(timeout=10)
         down_since = time.monotonic()
@@ -424,12 +432,18 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
 
         client = Redis.from_url(url)
         result = audit(client, ids, log, timeout=120)
+        short_result = audit(client, short, short_log, timeout=120)
         scheduled_ran = wait_until_final(client, [delayed], timeout=60)[delayed]
         assert wait_until_final(client, [retried], timeout=60)[retried] == "finished"
         alive = [p for p in processes if p.poll() is None]
         SUMMARIES.append(result.line("faults 3+4 (Redis SIGKILL, 30 s down, restart)"))
+        SUMMARIES.append(short_result.line("faults 3+4, short jobs (several per step)",
+                                           f" started when Redis died={started_at_kill}"))  # fmt: skip
         assert (result.lost, result.stuck) == ([], [])
         assert result.finished == result.accepted
+        assert (short_result.lost, short_result.stuck, short_result.overlapping) == ([], [], [])
+        assert short_result.finished == short_result.accepted
+        assert started_at_kill > 2  # 2 workers: several jobs each, started together, when Redis died
         assert scheduled_ran == "finished"  # the scheduler reconnected and enqueued it, a worker ran it
         # workers, scheduler and web all carried on
         dead = [(p.args, logs[n].read_text()[-3000:]) for n, p in enumerate(processes[:3]) if p.poll() is not None]
