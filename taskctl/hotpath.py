@@ -97,17 +97,15 @@ for e = 0, n_ended - 1 do
     if h[1] ~= execution_id or h[2] ~= 'started' then
         if h[1] == execution_id and h[2] == 'finished' then outcomes[e + 1] = {RECORDED_BEFORE}
         elseif h[2] then outcomes[e + 1] = {LEASE_LOST} else outcomes[e + 1] = {JOB_GONE} end
-        -- This run's own records: it is over, whatever became of the job.
-        table.insert(doomed, '{_EXECUTION}' .. run)
-        redis.call('ZREM', '{_EXECUTIONS}' .. job_id, execution_id)
     else
         outcomes[e + 1] = {RECORDED}
         add(unregister, A[b + 3], run)
         local ttl = tonumber(A[b + 5])
-        if ttl == 0 then
+        if ttl == 0 then  -- the job and everything of it, this run's records included
             for _, k in ipairs({{job_key, '{_EXECUTION}' .. run, '{_EXECUTIONS}' .. job_id, '{_RESULTS}' .. job_id}}) do
                 table.insert(doomed, k)
             end
+            run = nil
         else
             redis.call('HSET', job_key, 'status', 'finished', 'ended_at', A[b + 10])
             local results = '{_RESULTS}' .. job_id
@@ -125,9 +123,11 @@ for e = 0, n_ended - 1 do
             else
                 redis.call('PERSIST', results)
             end
-            table.insert(doomed, '{_EXECUTION}' .. run)
-            redis.call('ZREM', '{_EXECUTIONS}' .. job_id, execution_id)
         end
+    end
+    if run then  -- this run's own records: it is over, whatever became of the job
+        table.insert(doomed, '{_EXECUTION}' .. run)
+        redis.call('ZREM', '{_EXECUTIONS}' .. job_id, execution_id)
     end
 end
 for key, runs in pairs(unregister) do redis.call('ZREM', key, unpack(runs)) end

@@ -80,10 +80,10 @@ class CatalogJob(rq.job.Job):
     def restore(self, raw_data: Any) -> Any:
         # RQ parses each time with strptime (5 µs each, two to five per job read); its
         # format is ISO 8601, which fromisoformat reads in a fortieth of that.
-        times = {name: raw_data.pop(key) for name, key in _TIME_FIELDS if raw_data.get(key)}
+        times = [(name, key, raw_data.pop(key)) for name, key in _TIME_FIELDS if raw_data.get(key)]
         restored = super().restore(raw_data)
-        raw_data.update((key, times[name]) for name, key in _TIME_FIELDS if name in times)
-        for name, value in times.items():
+        for name, key, value in times:
+            raw_data[key] = value  # the caller's hash as it was
             setattr(self, name, _parse_time(value))
         if self._unreadable_meta is not None:
             # RQ keeps meta it cannot read as a placeholder holding the raw bytes, which it

@@ -574,6 +574,8 @@ class Worker(_Worker, rq.SimpleWorker):
         #: How many jobs the next step may start: doubled while jobs are short, up to the setting.
         self._claim, self._batch = 1, (0.0, 0)
         self._prefetch = get_settings().prefetch
+        #: The lease of a run a step starts: the heartbeat TTL of a job without a shorter timeout.
+        self._step_lease = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
         #: The ended runs and the jobs ahead are the main thread's, and the monitor's once a job runs long.
         self._batch_lock = threading.Lock()
         #: Successes and their working time not yet added to RQ's worker statistics.
@@ -665,14 +667,13 @@ class Worker(_Worker, rq.SimpleWorker):
             started_at = rq.utils.now()
             sent_at = time.monotonic()
             stats = bool(self._successes) and (not claim or sent_at - self._stats_sent_at >= 1)
-            lease_seconds = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
             try:
                 outcomes, started = hotpath.step(
                     self.connection, self.key, self.executions_key,
                     [(q.key, self._registries(q)[0]) for q in self._ordered_queues], self.name,
                     ended=[run[0] for run in ended], execution_ids=[uuid.uuid4().hex for _ in range(claim)],
                     started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
-                    lease_seconds=lease_seconds, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
+                    lease_seconds=self._step_lease, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
                     successes=self._successes if stats else 0, working_seconds=self._working_seconds,
                 )  # fmt: skip
             except REDIS_DOWN_ERRORS:
@@ -735,8 +736,7 @@ class Worker(_Worker, rq.SimpleWorker):
         execution.created_at = execution.last_heartbeat = started_at
         execution._job = job
         job.fenced_by, job.fencing_token = execution, started.token
-        lease_seconds = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
-        job.stepped = (execution, sent_at, lease_seconds)  # type: ignore[attr-defined]
+        job.stepped = (execution, sent_at, self._step_lease)  # type: ignore[attr-defined]
         queue = self._queue_of(started.queue_key)
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
@@ -750,7 +750,8 @@ class Worker(_Worker, rq.SimpleWorker):
         """Put the jobs started ahead that did not begin back at the front of their queues (under the lock)."""
         if not self._ahead:
             return
-        runs = [(started, self._registries(self._queue_of(started.queue_key))[0]) for started in self._ahead]
+        # Each came from one of the worker's queues, whose keys the step looked up (_registries).
+        runs = [(started, self._registry_keys[started.queue_key][0]) for started in self._ahead]
         try:
             if patient:
                 self._through_outages(hotpath.give_back, self.connection, self.executions_key, runs)
