@@ -145,31 +145,30 @@ def workers(configured: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
             stop(process, timeout=5)
 
 
+def running_tallies(log: Path) -> dict[int, str]:
+    """The `tally` runs under way, from the run log: the token each process is running, by pid."""
+    running: dict[int, str] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            kind, token, pid, _moment = line.split()
+            if kind == "start":
+                running[int(pid)] = token
+            else:
+                running.pop(int(pid), None)
+    return running
+
+
 def horse_of(worker: subprocess.Popen[str], log: Path) -> psutil.Process | None:
     """The process running a `tally` job for this worker: its work-horse, or itself if it runs jobs in-process.
 
     A forking worker's other child may be RQ's scheduler.
     """
-    running: set[int] = set()
-    if log.exists():
-        for line in log.read_text().splitlines():
-            kind, _token, pid, _moment = line.split()
-            (running.add if kind == "start" else running.discard)(int(pid))
+    running = running_tallies(log)
     try:
         process = psutil.Process(worker.pid)
         return process if worker.pid in running else next((c for c in process.children() if c.pid in running), None)
     except psutil.NoSuchProcess:
         return None
-
-
-def running_job(log: Path, ids: list[str], pid: int) -> str | None:
-    """The `tally` job (of ``enqueue_tallies``) that process ``pid`` is running, from the run log."""
-    token = None
-    for line in log.read_text().splitlines():
-        kind, tally, runner, _moment = line.split()
-        if int(runner) == pid:
-            token = tally if kind == "start" else None
-    return ids[int(token[1:])] if token else None
 
 
 def is_running(process: psutil.Process) -> bool:
@@ -405,11 +404,7 @@ def test_redis_killed_for_30_seconds_then_restarted_loses_nothing(
         web, base = start_web()
         processes.append(web)
         time.sleep(2.5)  # past the fsync window of what was enqueued so far; the workers are busy
-        with Redis.from_url(url).pipeline() as pipeline:
-            for job_id in short:
-                pipeline.hget(CatalogJob.redis_job_namespace_prefix + job_id, "status")
-            statuses_at_kill = pipeline.execute()
-            started_at_kill = sum(1 for status in statuses_at_kill if status == b"started")
+        started_at_kill = sum(1 for status in statuses(Redis.from_url(url), short).values() if status == "started")
         redis_process.send_signal(signal.SIGKILL)
         redis_process.wait(timeout=10)
         down_since = time.monotonic()
@@ -611,8 +606,8 @@ def test_every_job_of_a_dead_worker_is_retried_or_failed_within_30_seconds_whate
                 if kind == "work-horse" and horse is not None:
                     # Its main process lives on and fails the job within milliseconds of the kill,
                     # and a 50 ms job may end while 3,000 jobs are read: the horse's own job, from its log.
-                    job_id = running_job(log, ids, horse.pid)
-                    held_before = [InFlight(job_id, kind, 0.0, worker_name(victim.pid))] if job_id else []
+                    token = running_tallies(log).get(horse.pid)  # enqueue_tallies' t{i} is ids[i]
+                    held_before = [InFlight(ids[int(token[1:])], kind, 0.0, worker_name(victim.pid))] if token else []
                 if horse is not None and kind in ("whole forking worker", "work-horse"):
                     with contextlib.suppress(psutil.NoSuchProcess):
                         horse.send_signal(signal.SIGKILL)
@@ -663,12 +658,7 @@ def test_workers_killed_while_they_hold_several_short_jobs_lose_nothing(
         time.sleep(0.7)
         number = rng.randrange(len(pool))
         victim = pool[number]
-        with redis.pipeline() as pipeline:
-            for job_id in ids:
-                pipeline.hmget(CatalogJob.redis_job_namespace_prefix + job_id, ("status", "worker_name"))
-            rows = pipeline.execute()
-        name = worker_name(victim.pid).encode()
-        held.append(sum(1 for status, worker in rows if status == b"started" and worker == name))
+        held.append(sum(1 for job in in_flight(redis, ids, {worker_name(victim.pid)}, "", 0.0) if job.dead_worker))
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         pool[number] = workers(IN_PROCESS)
