@@ -160,9 +160,7 @@ def submit(
     settings = settings or get_settings()
     job: Job
     try:
-        if prepared.due is not None:
-            job = _schedule(prepared, connection, settings)
-        elif depends_on:
+        if depends_on and prepared.due is None:
             job = Queue(prepared.queue, connection=connection).enqueue_call(
                 prepared.entry.func,
                 job_id=prepared.job_id,
@@ -171,7 +169,9 @@ def submit(
                 **rq_options(prepared, settings),
             )
         else:
-            job = _enqueue_now(prepared, connection, settings)
+            pipeline = connection.pipeline()
+            job = queue_writes(prepared, connection, settings, pipeline)
+            _write(pipeline, job, prepared.unique)
         confirm_replicated(connection, settings)
     except RQDuplicateJobError:
         raise DuplicateJobError(f"a job with id {prepared.job_id!r} exists already; not enqueued (unique)") from None
@@ -182,8 +182,18 @@ def submit(
     return JobHandle(job)
 
 
-def _enqueue_now(prepared: Prepared, connection: Redis, settings: Settings) -> CatalogJob:
-    """Put a job on its queue in one round trip, writing what RQ's ``Queue.enqueue_call`` writes.
+def queue_writes(prepared: Prepared, connection: Redis, settings: Settings, pipeline: Pipeline) -> CatalogJob:
+    """Queue on ``pipeline`` the writes of a job without dependencies: on its queue, or to rq-scheduler if due later.
+
+    Sent by :func:`submit` in one round trip; the outbox relay sends many jobs' writes in one script.
+    """
+    if prepared.due is not None:
+        return _schedule(prepared, connection, settings, pipeline)
+    return _enqueue_now(prepared, connection, settings, pipeline)
+
+
+def _enqueue_now(prepared: Prepared, connection: Redis, settings: Settings, pipeline: Pipeline) -> CatalogJob:
+    """Queue a job's writes for its queue, as RQ's ``Queue.enqueue_call`` writes them.
 
     Those writes, in RQ's order: the queue's registration (``rq:queues``, which
     `rq info` and the dashboard list), the job's hash with its status and expiry
@@ -198,12 +208,10 @@ def _enqueue_now(prepared: Prepared, connection: Redis, settings: Settings) -> C
     queue = Queue(prepared.queue, connection=connection)
     job = queue.create_job(prepared.entry.func, job_id=prepared.job_id, **rq_options(prepared, settings))
     job.enqueued_at = now()
-    pipeline = connection.pipeline()
     pipeline.sadd(queue.redis_queues_keys, queue.key)
     job.save(pipeline=pipeline)
     job.cleanup(ttl=job.ttl, pipeline=pipeline)
     queue.push_job_id(job.id, pipeline=pipeline)
-    _write(pipeline, job, prepared.unique)
     assert isinstance(job, CatalogJob)
     return job
 
@@ -412,8 +420,8 @@ def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _schedule(prepared: Prepared, connection: Redis, settings: Settings) -> CatalogJob:
-    """Hand a job to rq-scheduler, in one round trip: the job's hash and its place in the schedule.
+def _schedule(prepared: Prepared, connection: Redis, settings: Settings, pipeline: Pipeline) -> CatalogJob:
+    """Queue the writes that hand a job to rq-scheduler: the job's hash and its place in the schedule.
 
     rq-scheduler's ``schedule()`` is its ``_create_job`` (no Redis), ``Job.save``
     and a ZADD, each its own round trip; and it knows nothing of a failure TTL
@@ -442,10 +450,8 @@ def _schedule(prepared: Prepared, connection: Redis, settings: Settings) -> Cata
     # rq-scheduler keeps whole seconds, rounding down: round up, so a job never runs early.
     due = prepared.due
     due = due.replace(microsecond=0) + timedelta(seconds=1) if due.microsecond else due
-    pipeline = connection.pipeline()
     job.save(pipeline=pipeline)
     pipeline.zadd(scheduler.scheduled_jobs_key, {job.id: to_unix(due)})
-    _write(pipeline, job, prepared.unique)
     return job
 
 

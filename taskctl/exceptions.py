@@ -93,3 +93,11 @@ class ScheduleError(TaskctlError):
 
 class UnreadableJobError(TaskctlError):
     """A job in Redis whose data is not JSON: something other than taskctl wrote it. It is never run."""
+
+
+class OutboxUnavailableError(TaskctlError, ConnectionError):
+    """The outbox's database did not answer (or its SQLite file does not exist); the message names it."""
+
+
+class NoSuchOutboxRowError(TaskctlError, LookupError):
+    """A job id that no row of the outbox holds."""

@@ -93,6 +93,16 @@ class Settings:
     push_timeout: float = 10.0
     # The shop's SQLite database (orders, products); None: a file in data_dir.
     database_path: Path | None = None
+    # The application database whose outbox table the relay empties into Redis (see
+    # taskctl.outbox): sqlite:///path or postgresql://...; "": the shop's database above.
+    outbox_url: str = field(default="", repr=False)
+    # Seconds between the relay's looks at the table when the database cannot wake it
+    # (SQLite); with PostgreSQL it wakes on each commit, and looks this often only in case.
+    outbox_poll: float = 0.2
+    # Rows the relay moves per transaction (and per Redis round trip).
+    outbox_batch: int = 500
+    # `taskctl doctor` fails when a row has waited longer than this many seconds.
+    outbox_max_age: float = 60.0
 
     @property
     def tz(self) -> ZoneInfo:
@@ -113,6 +123,11 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def outbox_database(self) -> str:
+        """The outbox's database URL: TASKCTL_OUTBOX_URL, else the shop's SQLite file."""
+        return self.outbox_url or f"sqlite:///{self.database}"
 
     @property
     def redis_url_masked(self) -> str:
@@ -272,7 +287,21 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         push_token=env.get("PUSH_TOKEN", defaults.push_token),
         push_timeout=float(number("PUSH_TIMEOUT", defaults.push_timeout)),
         database_path=Path(env["DATABASE_PATH"]) if env.get("DATABASE_PATH") else None,
+        outbox_url=_outbox_url(env),
+        outbox_poll=float(number("TASKCTL_OUTBOX_POLL", defaults.outbox_poll)),
+        outbox_batch=int(number("TASKCTL_OUTBOX_BATCH", defaults.outbox_batch)),
+        outbox_max_age=float(number("TASKCTL_OUTBOX_MAX_AGE", defaults.outbox_max_age)),
     )
+
+
+def _outbox_url(env: Mapping[str, str]) -> str:
+    url = env.get("TASKCTL_OUTBOX_URL", "")
+    scheme = urlsplit(url).scheme.split("+")[0]
+    if url and scheme not in ("sqlite", "postgresql", "postgres"):
+        raise SettingsError(
+            f"TASKCTL_OUTBOX_URL={mask_url(url)!r} must start with sqlite:/// (a file) or postgresql://"
+        )
+    return url
 
 
 def _prefetch(env: Mapping[str, str]) -> int:

@@ -24,6 +24,7 @@ from redis import Redis
 import cli
 from taskctl import settings as settings_module
 from taskctl.stack import redis_server, stop
+from tests.postgres import PostgresServer, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -68,6 +69,27 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
     client.flushall()
     yield redis_server_url
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The suite's PostgreSQL server (the pgserver wheel's), started once; see tests/postgres.py."""
+    with postgres_server(free_port(), tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of the test's own on the suite's PostgreSQL, dropped when the test ends."""
+    import psycopg
+
+    name = f"t{abs(hash(request.node.nodeid)) % 10**12}_{os.getpid()}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"postgresql://postgres@127.0.0.1:{postgres.port}/{name}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

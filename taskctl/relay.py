@@ -1,0 +1,307 @@
+"""The relay: committed outbox rows become jobs in Redis, each exactly once (``python -m taskctl.relay``).
+
+One pass (:func:`relay_once`) takes a batch of waiting rows in one database
+transaction, checks each again (:func:`taskctl.outbox.decode`), writes the jobs
+of the batch in one Redis script, deletes their rows and commits.
+
+Exactly one job per row, whatever is killed when: the script writes a row's
+job only if the row's id is not in ``taskctl:outbox:relayed``, and adds it
+there in the same atomic step. A relay killed after the script and before its
+commit leaves rows that the next pass finds already relayed: it deletes them
+and writes nothing. An id leaves that set only after its row is deleted, and
+a minute later (:data:`FORGET_AFTER`), so that a relay stalled between reading
+rows and writing them still finds it. Several relays at once: on PostgreSQL
+each takes rows with ``FOR UPDATE SKIP LOCKED`` (they share the work); on
+SQLite the pass holds the write lock (they take turns).
+
+A row that can no longer become a job (its job left the catalog, its
+arguments no longer fit, its queue is gone, a unique id is taken) is never
+dropped: it is marked stuck with the reason, skipped, and shown until an
+operator retries or deletes it (``taskctl outbox``).
+
+It outlives outages of either side: it logs once, waits with backoff, and
+carries on. With PostgreSQL it wakes on each commit (LISTEN/NOTIFY, from the
+table's trigger); with SQLite it looks every ``TASKCTL_OUTBOX_POLL`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from redis import Redis
+
+from taskctl.connection import NO_REDIS_ERRORS, get_redis, lua, unavailable
+from taskctl.enqueue import confirm_replicated, queue_writes
+from taskctl.exceptions import RedisUnavailableError, TaskctlError
+from taskctl.outbox import decode
+from taskctl.outbox_db import CHANNEL, TABLE, Db, down_errors, open_url
+from taskctl.settings import Settings, get_settings, mask_url
+
+log = logging.getLogger("taskctl.relay")
+
+RELAYED = "taskctl:outbox:relayed"
+#: Seconds an id stays in RELAYED after its row is deleted (see the module's docstring).
+FORGET_AFTER = 60.0
+#: Ids in RELAYED older than this were left by a relay killed between its commit and forgetting them.
+STALE_AFTER = 7 * 86_400
+
+#: KEYS[1]: RELAYED. ARGV[1]: now; then per job: its id, 1 if unique, its hash's key, the number of
+#: its writes, then each write as its number of words and the words. Returns per job 1 (written),
+#: 0 (relayed before: nothing written) or -1 (unique, and a job with that id exists: nothing written).
+RELAY_SCRIPT = """
+local at, out = 2, {}
+while at <= #ARGV do
+    local id, unique, key, writes = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+    at = at + 4
+    local status = 1
+    if redis.call('ZSCORE', KEYS[1], id) then
+        status = 0
+    elseif unique == '1' and redis.call('EXISTS', key) == 1 then
+        status = -1
+    end
+    for _ = 1, writes do
+        local words = tonumber(ARGV[at])
+        if status == 1 then redis.call(unpack(ARGV, at + 1, at + words)) end
+        at = at + words + 1
+    end
+    if status == 1 then redis.call('ZADD', KEYS[1], ARGV[1], id) end
+    out[#out + 1] = status
+end
+return out
+"""
+
+
+@dataclass
+class Pass:
+    """What one pass did."""
+
+    moved: int = 0
+    """Rows that became jobs."""
+    already: int = 0
+    """Rows whose job a killed relay had written: deleted, nothing written."""
+    stuck: int = 0
+    """Rows marked stuck, with their reason."""
+
+    @property
+    def rows(self) -> int:
+        return self.moved + self.already + self.stuck
+
+
+class Relay:
+    def __init__(self, settings: Settings | None = None, redis: Redis | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.url = self.settings.outbox_database
+        self.redis = redis or get_redis(self.settings)
+        self.db: Db | None = None
+        self._forget: deque[tuple[float, list[str]]] = deque()
+        self._trimmed_at = 0.0
+
+    def database(self) -> Db:
+        if self.db is None:
+            db = open_url(self.url)
+            if db.dialect == "postgresql":
+                with db.raw.transaction():
+                    db.create_table()
+            else:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.create_table()
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            self.db = db
+            if db.dialect == "postgresql":
+                self._listener()  # before the first pass: a commit during it wakes the next wait
+        return self.db
+
+    def close(self) -> None:
+        self.forget(everything=True)
+        if self.db is not None:
+            with contextlib.suppress(Exception):  # a dead connection may refuse even that
+                self.db.raw.close()
+            self.db = None
+
+    def relay_once(self, limit: int | None = None) -> Pass:
+        """Move one batch of waiting rows; the database's and Redis's errors reach the caller, nothing half-done."""
+        db = self.database()
+        limit = limit or self.settings.outbox_batch
+        done = Pass()
+        if db.dialect == "postgresql":
+            with db.raw.transaction():
+                rows = db.rows(
+                    f"SELECT id, job_id, job, call FROM {TABLE} WHERE stuck_reason IS NULL ORDER BY id LIMIT ?"
+                    " FOR UPDATE SKIP LOCKED",
+                    (limit,),
+                )
+                deleted = self._move(db, rows, done)
+        else:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.rows(
+                    f"SELECT id, job_id, job, call FROM {TABLE} WHERE stuck_reason IS NULL ORDER BY id LIMIT ?",
+                    (limit,),
+                )
+                deleted = self._move(db, rows, done)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.raw.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        if deleted:
+            self._forget.append((time.monotonic(), deleted))
+        self.forget()
+        return done
+
+    def _move(self, db: Db, rows: list[tuple[Any, ...]], done: Pass) -> list[str]:
+        """Inside the pass's transaction: write the rows' jobs, mark the stuck, delete the rest. The deleted job ids."""
+        if not rows:
+            return []
+        words: list[Any] = [time.time()]
+        batch: list[tuple[int, str]] = []
+        stuck: list[tuple[str, int]] = []
+        pipeline = self.redis.pipeline(transaction=False)
+        for row_id, job_id, name, call in rows:
+            try:
+                prepared = decode(name, job_id, call, self.settings)
+                job = queue_writes(prepared, self.redis, self.settings, pipeline)
+            except (TaskctlError, ValueError, KeyError, TypeError) as exc:
+                stuck.append((_reason(exc), row_id))
+                pipeline.reset()
+                continue
+            writes = pipeline.command_stack
+            words += [job_id, int(prepared.unique), job.key, len(writes)]
+            for command, _options in writes:
+                words += [len(command), *command]
+            pipeline.reset()
+            batch.append((row_id, job_id))
+        duplicates: list[tuple[str, int]] = []
+        if batch:
+            try:
+                statuses = lua(self.redis, RELAY_SCRIPT)(keys=[RELAYED], args=words, client=self.redis)
+                confirm_replicated(self.redis, self.settings)
+            except NO_REDIS_ERRORS as exc:
+                raise unavailable(self.settings.redis_url, exc) from None
+            for (row_id, job_id), status in zip(batch, statuses, strict=True):
+                if status == -1:
+                    duplicates.append((f"a job with id {job_id!r} exists already (unique): not enqueued", row_id))
+                elif status == 0:
+                    done.already += 1
+                else:
+                    done.moved += 1
+        now = time.time()
+        for reason, row_id in stuck + duplicates:
+            db.execute(f"UPDATE {TABLE} SET stuck_reason = ?, stuck_at = ? WHERE id = ?", (reason, now, row_id))
+            done.stuck += 1
+        taken = {row_id for _, row_id in duplicates}
+        gone = [row for row in batch if row[0] not in taken]
+        if gone:
+            marks = ",".join("?" * len(gone))
+            db.execute(f"DELETE FROM {TABLE} WHERE id IN ({marks})", [row_id for row_id, _ in gone])
+        return [job_id for _, job_id in gone]
+
+    def forget(self, everything: bool = False) -> None:
+        """Take the ids of deleted rows out of RELAYED once FORGET_AFTER has passed; the stale ones too, daily."""
+        try:
+            while self._forget and (everything or time.monotonic() - self._forget[0][0] >= FORGET_AFTER):
+                self.redis.zrem(RELAYED, *self._forget[0][1])
+                self._forget.popleft()
+            if time.time() - self._trimmed_at > 3600:
+                self.redis.zremrangebyscore(RELAYED, "-inf", time.time() - STALE_AFTER)
+                self._trimmed_at = time.time()
+        except NO_REDIS_ERRORS:
+            pass  # kept for the next pass: an id a minute late out of the set costs nothing
+
+    def wait(self, timeout: float) -> None:
+        """Until a commit wakes us (PostgreSQL) or ``timeout`` seconds have passed."""
+        if self.db is None or self.db.dialect != "postgresql":
+            time.sleep(timeout)
+            return
+        listener = self._listener()
+        for _ in listener.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    _listening: Any = None
+
+    def _listener(self) -> Any:
+        if self._listening is None or self._listening.closed:
+            self._listening = open_url(self.url, autocommit=True).raw
+            self._listening.execute(f"LISTEN {CHANNEL}")
+        return self._listening
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run(settings: Settings | None = None, stopping: Callable[[], bool] = lambda: False) -> None:
+    """Relay until ``stopping()``: back to the table at once while rows wait, else on a commit or the poll interval."""
+    relay = Relay(settings)
+    settings = relay.settings
+    down: str | None = None
+    delay = 0.5
+    outage: tuple[type[Exception], ...] = (*down_errors(), RedisUnavailableError)
+    log.info("relay: outbox %s to Redis %s", mask_url(relay.url), settings.redis_url_masked)
+    try:
+        while not stopping():
+            try:
+                done = relay.relay_once()
+            except outage as exc:
+                side = "Redis" if isinstance(exc, RedisUnavailableError) else "the outbox database"
+                if down != side:
+                    log.error("relay: %s unavailable (%s); retrying", side, exc)
+                    down = side
+                if side != "Redis":
+                    relay.close()
+                _sleep(delay, stopping)
+                delay = min(delay * 2, 10.0)
+                continue
+            if down:
+                log.info("relay: %s answers again", down)
+                down, delay = None, 0.5
+            if done.rows:
+                log.info("relay: %d rows moved, %d already relayed, %d stuck", done.moved, done.already, done.stuck)
+            if done.rows < settings.outbox_batch:
+                try:
+                    # PostgreSQL wakes it on commit; it looks every second as well, and sees a stop request.
+                    relay.wait(settings.outbox_poll if relay.db and relay.db.dialect == "sqlite" else 1.0)
+                except outage:
+                    relay._listening = None
+    finally:
+        relay.close()
+
+
+def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and not stopping():
+        time.sleep(min(0.1, seconds))
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s relay %(levelname)s %(message)s")
+    stop = {"asked": False}
+
+    def ask(signum: int, frame: FrameType | None) -> None:
+        stop["asked"] = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, ask)
+    try:
+        run(get_settings(), stopping=lambda: stop["asked"])
+    except TaskctlError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
