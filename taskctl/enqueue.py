@@ -288,7 +288,7 @@ def enqueue_many(
     try:
         for batch in _batches(iter(calls), batch_size):
             batch_ids = [call.job_id or str(uuid4()) for call in batch]
-            with _batch_pipeline(connection, batch, batch_ids, settings) as pipeline:
+            with batch_pipeline(connection, batch, batch_ids, settings) as pipeline:
                 pipeline.execute()
             confirm_replicated(connection, settings)
             ids.extend(batch_ids)
@@ -299,9 +299,14 @@ def enqueue_many(
     return ids
 
 
-def _batch_pipeline(connection: Redis, batch: list[Prepared], batch_ids: list[str], settings: Settings) -> Pipeline:
-    """One transaction with a batch's jobs, as RQ's enqueue_many writes them, and one push per queue."""
-    pipeline = connection.pipeline()
+def batch_pipeline(
+    connection: Redis, batch: list[Prepared], batch_ids: list[str], settings: Settings, pipeline: Pipeline | None = None
+) -> Pipeline:
+    """One transaction with a batch's jobs, as RQ's enqueue_many writes them, and one push per queue.
+
+    Queued on ``pipeline`` when one is given (the outbox relay's, which adds its own writes).
+    """
+    pipeline = pipeline if pipeline is not None else connection.pipeline()
     for name in sorted({call.queue for call in batch}):
         queue = Queue(name, connection=connection)
         mine = [(job_id, call) for job_id, call in zip(batch_ids, batch, strict=True) if call.queue == name]

@@ -2,14 +2,14 @@
 
 One pass (:func:`relay_once`) takes a batch of waiting rows in one database
 transaction, checks each again (:func:`taskctl.outbox.decode`), writes the jobs
-of the batch in one Redis script, deletes their rows and commits.
+of the batch in one Redis transaction, deletes their rows and commits.
 
-Exactly one job per row, whatever is killed when: the script writes a row's
-job only if the row's id is not in ``taskctl:outbox:relayed``, and adds it
-there in the same atomic step. A relay killed after the script and before its
-commit leaves rows that the next pass finds already relayed: it deletes them
-and writes nothing. An id leaves that set only after its row is deleted, and
-a minute later (:data:`FORGET_AFTER`), so that a relay stalled between reading
+Exactly one job per row, whatever is killed when: the transaction writes a
+row's job only if the row (:func:`mark`) is not in ``taskctl:outbox:relayed``,
+and adds it there in the same EXEC. A relay killed after EXEC and before its commit
+leaves rows that the next pass finds already relayed: it deletes them and
+writes nothing. A row leaves that set only after it is deleted, and a
+minute later (:data:`FORGET_AFTER`), so that a relay stalled between reading
 rows and writing them still finds it. Several relays at once: on PostgreSQL
 each takes rows with ``FOR UPDATE SKIP LOCKED`` (they share the work); on
 SQLite the pass holds the write lock (they take turns).
@@ -38,12 +38,14 @@ from types import FrameType
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import WatchError
 
-from taskctl.connection import NO_REDIS_ERRORS, get_redis, lua, unavailable
-from taskctl.enqueue import confirm_replicated, queue_writes
+from taskctl.connection import NO_REDIS_ERRORS, get_redis, unavailable
+from taskctl.enqueue import Prepared, batch_pipeline, confirm_replicated, queue_writes
 from taskctl.exceptions import RedisUnavailableError, TaskctlError
 from taskctl.outbox import decode
 from taskctl.outbox_db import CHANNEL, TABLE, Db, down_errors, open_url
+from taskctl.rqclasses import CatalogJob
 from taskctl.settings import Settings, get_settings, mask_url
 
 log = logging.getLogger("taskctl.relay")
@@ -53,31 +55,6 @@ RELAYED = "taskctl:outbox:relayed"
 FORGET_AFTER = 60.0
 #: Ids in RELAYED older than this were left by a relay killed between its commit and forgetting them.
 STALE_AFTER = 7 * 86_400
-
-#: KEYS[1]: RELAYED. ARGV[1]: now; then per job: its id, 1 if unique, its hash's key, the number of
-#: its writes, then each write as its number of words and the words. Returns per job 1 (written),
-#: 0 (relayed before: nothing written) or -1 (unique, and a job with that id exists: nothing written).
-RELAY_SCRIPT = """
-local at, out = 2, {}
-while at <= #ARGV do
-    local id, unique, key, writes = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
-    at = at + 4
-    local status = 1
-    if redis.call('ZSCORE', KEYS[1], id) then
-        status = 0
-    elseif unique == '1' and redis.call('EXISTS', key) == 1 then
-        status = -1
-    end
-    for _ = 1, writes do
-        local words = tonumber(ARGV[at])
-        if status == 1 then redis.call(unpack(ARGV, at + 1, at + words)) end
-        at = at + words + 1
-    end
-    if status == 1 then redis.call('ZADD', KEYS[1], ARGV[1], id) end
-    out[#out + 1] = status
-end
-return out
-"""
 
 
 @dataclass
@@ -163,51 +140,70 @@ class Relay:
         return done
 
     def _move(self, db: Db, rows: list[tuple[Any, ...]], done: Pass) -> list[str]:
-        """Inside the pass's transaction: write the rows' jobs, mark the stuck, delete the rest. The deleted job ids."""
+        """In the pass's transaction: write the rows' jobs, mark the stuck, delete the rest; the deleted rows' marks."""
         if not rows:
             return []
-        words: list[Any] = [time.time()]
-        batch: list[tuple[int, str]] = []
+        calls: dict[int, Prepared] = {}
         stuck: list[tuple[str, int]] = []
-        pipeline = self.redis.pipeline(transaction=False)
         for row_id, job_id, name, call in rows:
             try:
-                prepared = decode(name, job_id, call, self.settings)
-                job = queue_writes(prepared, self.redis, self.settings, pipeline)
+                calls[row_id] = decode(name, job_id, call, self.settings)
             except (TaskctlError, ValueError, KeyError, TypeError) as exc:
                 stuck.append((_reason(exc), row_id))
-                pipeline.reset()
-                continue
-            writes = pipeline.command_stack
-            words += [job_id, int(prepared.unique), job.key, len(writes)]
-            for command, _options in writes:
-                words += [len(command), *command]
-            pipeline.reset()
-            batch.append((row_id, job_id))
-        duplicates: list[tuple[str, int]] = []
-        if batch:
-            try:
-                statuses = lua(self.redis, RELAY_SCRIPT)(keys=[RELAYED], args=words, client=self.redis)
-                confirm_replicated(self.redis, self.settings)
-            except NO_REDIS_ERRORS as exc:
-                raise unavailable(self.settings.redis_url, exc) from None
-            for (row_id, job_id), status in zip(batch, statuses, strict=True):
-                if status == -1:
-                    duplicates.append((f"a job with id {job_id!r} exists already (unique): not enqueued", row_id))
-                elif status == 0:
-                    done.already += 1
-                else:
-                    done.moved += 1
+        written, taken = self._write(calls) if calls else (set(), set())
+        done.moved += len(written)
+        done.already += len(calls) - len(written) - len(taken)
+        for row_id in taken:
+            job_id = calls[row_id].job_id
+            stuck.append((f"a job with id {job_id!r} exists already (unique): not enqueued", row_id))
         now = time.time()
-        for reason, row_id in stuck + duplicates:
+        for reason, row_id in stuck:
             db.execute(f"UPDATE {TABLE} SET stuck_reason = ?, stuck_at = ? WHERE id = ?", (reason, now, row_id))
-            done.stuck += 1
-        taken = {row_id for _, row_id in duplicates}
-        gone = [row for row in batch if row[0] not in taken]
+        done.stuck += len(stuck)
+        gone = [row_id for row_id in calls if row_id not in taken]
         if gone:
-            marks = ",".join("?" * len(gone))
-            db.execute(f"DELETE FROM {TABLE} WHERE id IN ({marks})", [row_id for row_id, _ in gone])
-        return [job_id for _, job_id in gone]
+            db.execute(f"DELETE FROM {TABLE} WHERE id IN ({','.join('?' * len(gone))})", gone)
+        return [mark(row_id, str(calls[row_id].job_id)) for row_id in gone]
+
+    def _write(self, calls: dict[int, Prepared]) -> tuple[set[int], set[int]]:
+        """Write the jobs of the calls not relayed before, in one transaction; the rows written, and the unique taken.
+
+        The transaction WATCHes the jobs' keys: a job written by another relay between
+        the check of RELAYED and EXEC (one that lost its rows' locks while stalled)
+        aborts it, and the check runs again. Calls without a delay or ``unique`` are
+        written as ``enqueue_many`` writes them (a template per shape, one push per
+        queue), at a fraction of the cost of one job at a time.
+        """
+        ids = {row_id: str(call.job_id) for row_id, call in calls.items()}
+        keys = [CatalogJob.key_for(job_id) for job_id in ids.values()]
+        marks = [mark(row_id, job_id) for row_id, job_id in ids.items()]
+        try:
+            with self.redis.pipeline() as pipeline:
+                while True:
+                    try:
+                        pipeline.watch(*keys)  # type: ignore[no-untyped-call]
+                        relayed = pipeline.zmscore(RELAYED, marks)
+                        fresh = [row_id for row_id, score in zip(ids, relayed, strict=True) if score is None]
+                        taken = {r for r in fresh if calls[r].unique and pipeline.exists(CatalogJob.key_for(ids[r]))}
+                        fresh = [row_id for row_id in fresh if row_id not in taken]
+                        pipeline.multi()
+                        plain = [row_id for row_id in fresh if calls[row_id].due is None and not calls[row_id].unique]
+                        if plain:
+                            batch_pipeline(self.redis, [calls[r] for r in plain], [ids[r] for r in plain],
+                                           self.settings, pipeline)  # fmt: skip
+                        for row_id in fresh:
+                            if row_id not in plain:
+                                queue_writes(calls[row_id], self.redis, self.settings, pipeline)
+                        if fresh:
+                            pipeline.zadd(RELAYED, dict.fromkeys((mark(r, ids[r]) for r in fresh), time.time()))
+                        pipeline.execute()
+                        break
+                    except WatchError:
+                        continue
+            confirm_replicated(self.redis, self.settings)
+        except NO_REDIS_ERRORS as exc:
+            raise unavailable(self.settings.redis_url, exc) from None
+        return set(fresh), taken
 
     def forget(self, everything: bool = False) -> None:
         """Take the ids of deleted rows out of RELAYED once FORGET_AFTER has passed; the stale ones too, daily."""
@@ -237,6 +233,11 @@ class Relay:
             self._listening = open_url(self.url, autocommit=True).raw
             self._listening.execute(f"LISTEN {CHANNEL}")
         return self._listening
+
+
+def mark(row_id: int, job_id: str) -> str:
+    """A row's member of RELAYED: its job id alone would take a later row of the same id for this one."""
+    return f"{job_id}@{row_id}"
 
 
 def _reason(exc: BaseException) -> str:
