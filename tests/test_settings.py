@@ -56,6 +56,9 @@ def test_a_dotenv_file_fills_in_what_the_environment_does_not_set(tmp_path: Path
         ({"TASKCTL_PREFETCH": "0"}, "TASKCTL_PREFETCH='0' must be 1 or more"),
         ({"TASKCTL_PREFETCH": "500"}, "TASKCTL_PREFETCH='500' must be 100 or less (1 turns it off)"),
         ({"TASKCTL_PREFETCH": "many"}, "TASKCTL_PREFETCH='many' is not a valid int"),
+        ({"TASKCTL_OUTBOX_URL": "mysql://u:pw@db/app"}, "TASKCTL_OUTBOX_URL='mysql://u:***@db/app' must start with"),
+        ({"TASKCTL_OUTBOX_POLL": "0"}, "TASKCTL_OUTBOX_POLL='0' must be greater than 0"),
+        ({"TASKCTL_OUTBOX_BATCH": "lots"}, "TASKCTL_OUTBOX_BATCH='lots' is not a valid int"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_is_expected(environ: dict[str, str], message: str) -> None:
@@ -71,6 +74,15 @@ def test_a_bad_setting_stops_the_cli_with_the_variable_named(monkeypatch: pytest
 
     assert result.exit_code == 1
     assert result.output == "Error: TASKCTL_JOB_TIMEOUT='forever' is not a valid int\n"
+
+
+def test_the_outbox_is_the_shops_database_unless_a_url_is_given() -> None:
+    assert load_settings({"TASKCTL_DATA_DIR": "/srv/var"}, env_file=None).outbox_database == (
+        "sqlite:////srv/var/shop.sqlite3"
+    )
+    given = load_settings({"TASKCTL_OUTBOX_URL": "postgresql+psycopg://app:pw@db/shop"}, env_file=None)
+    assert given.outbox_database == "postgresql+psycopg://app:pw@db/shop"
+    assert "pw" not in repr(given)
 
 
 def test_passwords_are_masked_in_urls() -> None:
