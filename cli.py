@@ -12,9 +12,13 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from taskctl.outbox_ops import OutboxRow
+    from taskctl.settings import Settings
 
 
 def _invoke(invoke: Any, ctx: click.Context) -> Any:
@@ -23,7 +27,13 @@ def _invoke(invoke: Any, ctx: click.Context) -> Any:
 
     try:
         return invoke(ctx)
-    except (exc.UnknownJobError, exc.InvalidArgumentsError, exc.InvalidQueueError, exc.NoSuchJobError) as error:
+    except (
+        exc.UnknownJobError,
+        exc.InvalidArgumentsError,
+        exc.InvalidQueueError,
+        exc.NoSuchJobError,
+        exc.NoSuchOutboxRowError,
+    ) as error:
         raise click.UsageError(str(error), ctx) from None
     except exc.TaskctlError as error:
         raise click.ClickException(str(error)) from None
@@ -138,11 +148,22 @@ def enqueue(
 @main.command()
 @click.argument("job_id")
 def status(job_id: str) -> None:
-    """Show where job JOB_ID is: its queue, state and timestamps."""
+    """Show where job JOB_ID is: its queue, state and timestamps (or that it waits in the outbox)."""
     from taskctl.connection import connect
+    from taskctl.exceptions import NoSuchJobError
     from taskctl.status import fetch_job, report
 
-    info = report(fetch_job(job_id, connect()))
+    connection = connect()
+    try:
+        job = fetch_job(job_id, connection)
+    except NoSuchJobError as missing:
+        row = _outbox_row(job_id, missing)
+        if row is not None:
+            _echo_rows(_outbox_status(row))
+            return
+        # The relay writes the job before it deletes the row: one moved between the two looks is in Redis now.
+        job = fetch_job(job_id, connection)
+    info = report(job)
     rows = [
         ("id", info.id),
         ("job", info.name),
@@ -162,8 +183,41 @@ def status(job_id: str) -> None:
         rows.append(("progress", _progress(info.progress)))
     if info.error:
         rows.append(("error", info.error))
+    _echo_rows(rows)
+
+
+def _echo_rows(rows: Sequence[tuple[str, str]]) -> None:
     for label, value in rows:
         click.echo(f"{label + ':':<15}{value}")
+
+
+def _outbox_row(job_id: str, missing: Exception) -> OutboxRow | None:
+    """The outbox row of an id Redis does not know; None when there is none. An outbox that cannot be asked: exit 1."""
+    from taskctl.exceptions import OutboxUnavailableError
+    from taskctl.outbox_ops import find_row, opened
+
+    try:
+        with opened() as db:
+            return find_row(db, job_id)
+    except OutboxUnavailableError as error:
+        raise OutboxUnavailableError(f"{missing}; the outbox could not be asked: {error}") from None
+
+
+def _outbox_status(row: OutboxRow) -> list[tuple[str, str]]:
+    state = (
+        f"stuck in the outbox: {row.stuck_reason}"
+        if row.stuck
+        else "waiting in the outbox (committed, not yet moved to Redis by the relay)"
+    )
+    rows = [("id", row.job_id), ("job", row.job), ("call", row.description), ("queue", row.queue), ("status", state)]
+    if row.due is not None:
+        rows.append(("scheduled for", _unix_time(row.due)))
+    rows.append(("written at", _unix_time(row.created_at)))
+    if row.stuck:
+        rows.append(("stuck at", _unix_time(row.stuck_at)))
+        rows.append(("next", f"fix the cause, then `taskctl outbox retry {row.job_id}`; "
+                             f"or `taskctl outbox delete {row.job_id}`"))  # fmt: skip
+    return rows
 
 
 @main.command()
@@ -340,6 +394,7 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
         scheduled = scheduler_stats(connection)
         click.echo(f"\nWorkers alive: {len(alive)} ({busy} busy)")
         click.echo(f"Scheduler: {scheduled.waiting} waiting, {scheduled.overdue} overdue")
+        click.echo(f"Outbox: {_outbox_line(settings)}")
         shown += 1
         if not watch or (count is not None and shown >= count):
             return
@@ -347,6 +402,21 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
             time.sleep(interval)
         except KeyboardInterrupt:
             return
+
+
+def _outbox_line(settings: Settings) -> str:
+    """The outbox's figures in one line; a database that does not answer is said, and the rest still shown."""
+    from taskctl.exceptions import OutboxUnavailableError
+    from taskctl.outbox_ops import opened, outbox_stats
+
+    try:
+        with opened(settings) as db:
+            found = outbox_stats(db)
+    except OutboxUnavailableError as error:
+        return f"unavailable: {error}"
+    if not found.has_table:
+        return "none (no table)"
+    return f"{found.waiting} waiting, oldest {found.oldest_age:.0f}s, {found.stuck} stuck"
 
 
 @main.command(name="workers")
@@ -389,20 +459,26 @@ def _kind(taskctl: bool) -> str:
 
 @main.command()
 def doctor() -> None:
-    """Check Redis and its workers for what the guarantees assume. Exit 1 on a problem.
+    """Check Redis, its workers and the outbox for what the guarantees assume. Exit 1 on a problem.
 
     Redis: no eviction, persistence, version. Workers: every live one is taskctl's.
+    Outbox: rows move (a relay runs), none is stuck.
     """
     from taskctl.connection import connect
-    from taskctl.doctor import check_redis, check_workers
-    from taskctl.settings import get_settings
+    from taskctl.doctor import check_outbox, check_redis, check_workers
+    from taskctl.settings import get_settings, mask_url
 
+    settings = get_settings()
     connection = connect()
     findings = check_redis(connection) + check_workers(connection)
-    click.echo(f"Redis at {get_settings().redis_url_masked}")
+    click.echo(f"Redis at {settings.redis_url_masked}")
     for finding in findings:
         click.echo(f"  [{finding.level}] {finding.subject}: {finding.message}")
-    problems = [f for f in findings if f.level != "ok"]
+    outbox = check_outbox(settings)
+    click.echo(f"Outbox at {mask_url(settings.outbox_database)}")
+    for finding in outbox:
+        click.echo(f"  [{finding.level}] {finding.subject}: {finding.message}")
+    problems = [f for f in findings + outbox if f.level != "ok"]
     if problems:
         raise click.ClickException(f"{len(problems)} problem(s) found")
 
@@ -562,6 +638,103 @@ def schedules_cancel(job_id: str) -> None:
     click.echo(f"Cancelled {job_id}.")
 
 
+@main.group(invoke_without_command=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Stuck rows to list.")
+@click.pass_context
+def outbox(ctx: click.Context, limit: int) -> None:
+    """Show the outbox: rows waiting for the relay, the oldest wait, stuck rows and why. Subcommands act on them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from taskctl.outbox_ops import opened, outbox_stats, stuck_rows
+    from taskctl.settings import get_settings, mask_url
+
+    settings = get_settings()
+    with opened(settings) as db:
+        found = outbox_stats(db)
+        stuck = stuck_rows(db, limit) if found.stuck else []
+    click.echo(f"Database: {mask_url(settings.outbox_database)}")
+    if not found.has_table:
+        click.echo("No outbox table: no row was ever written (`taskctl outbox init` creates it).")
+        return
+    click.echo(f"Waiting:  {found.waiting} row(s), oldest {found.oldest_age:.0f}s")
+    click.echo(f"Stuck:    {found.stuck} row(s)")
+    if not stuck:
+        return
+    click.echo("")
+    _table(
+        ("JOB ID", "JOB", "WRITTEN AT", "STUCK AT", "REASON"),
+        [(r.job_id, r.job, _unix_time(r.created_at), _unix_time(r.stuck_at), r.stuck_reason) for r in stuck],
+    )
+    if found.stuck > len(stuck):
+        click.echo(f"... and {found.stuck - len(stuck)} more (--limit)")
+    click.echo(
+        "\nFix the cause, then `taskctl outbox retry JOB_ID...` (or --all); "
+        "`taskctl outbox delete JOB_ID...` drops rows for good."
+    )
+
+
+@outbox.command(name="retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_rows", is_flag=True, help="Every stuck row.")
+def outbox_retry(job_ids: tuple[str, ...], all_rows: bool) -> None:
+    """Let the relay try stuck rows again (their reason is cleared)."""
+    from taskctl.outbox_ops import opened, retry
+
+    _check_selection(job_ids, all_rows)
+    with opened() as db:
+        done = retry(db, job_ids, all_rows=all_rows)
+    named = len(set(job_ids))
+    waiting = f"; {named - done} named row(s) were not stuck: they wait for the relay already" if named > done else ""
+    click.echo(f"Retried {done} stuck row(s){waiting}.")
+
+
+@outbox.command(name="delete")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_rows", is_flag=True, help="Every stuck row (waiting rows are deleted only by id).")
+def outbox_delete(job_ids: tuple[str, ...], all_rows: bool) -> None:
+    """Delete outbox rows for good: their calls never become jobs.
+
+    --all takes the stuck rows only; a waiting row (a committed call the relay is
+    about to move) is deleted only when named by its id.
+    """
+    from taskctl.outbox_ops import delete, opened
+
+    _check_selection(job_ids, all_rows)
+    with opened() as db:
+        done = delete(db, job_ids, all_rows=all_rows)
+    click.echo(f"Deleted {done} row(s).")
+
+
+def _check_selection(job_ids: tuple[str, ...], all_rows: bool) -> None:
+    if bool(job_ids) == all_rows:
+        raise click.UsageError("give job ids or --all (not both)")
+
+
+@outbox.command(name="init")
+def outbox_init() -> None:
+    """Create the outbox table in the configured database (TASKCTL_OUTBOX_URL), committed."""
+    from taskctl.outbox_db import TABLE
+    from taskctl.outbox_ops import init, opened
+    from taskctl.settings import get_settings, mask_url
+
+    url = get_settings().outbox_database
+    with opened(create=True) as db:
+        created = init(db)
+    click.echo(f"{'Created' if created else 'Found'} table {TABLE} in {mask_url(url)}"
+               + ("." if created else "; nothing to do."))  # fmt: skip
+
+
+@outbox.command(name="schema")
+@click.option("--dialect", type=click.Choice(["sqlite", "postgresql"]),
+              help="Default: that of the configured database (TASKCTL_OUTBOX_URL).")  # fmt: skip
+def outbox_schema(dialect: str | None) -> None:
+    """Print the outbox's DDL, for teams whose migrations create their tables."""
+    from taskctl.outbox_db import dialect_of, schema
+    from taskctl.settings import get_settings
+
+    click.echo(schema(dialect or dialect_of(get_settings().outbox_database)), nl=False)
+
+
 @main.command()
 @click.option(
     "--procfile",
@@ -607,6 +780,12 @@ def _time(moment: datetime | None) -> str:
     from taskctl.when import show_time
 
     return show_time(moment, get_settings().tz)
+
+
+def _unix_time(stamp: float | None) -> str:
+    from datetime import UTC
+
+    return _time(datetime.fromtimestamp(stamp, UTC) if stamp is not None else None)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

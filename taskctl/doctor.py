@@ -4,7 +4,9 @@ A Redis with an eviction policy drops job hashes and queue entries without an
 error when memory runs out; one without persistence loses every queued job when
 it restarts. Workers, the scheduler and the web process warn about both when
 they start; ``taskctl doctor`` reports them with the Redis version, and names
-every worker on that Redis that is not taskctl's (``taskctl.foreign``).
+every worker on that Redis that is not taskctl's (``taskctl.foreign``). For
+the outbox, it says whether rows move: a row that has waited long means no relay
+runs, and a stuck row is a call that will never run until someone decides.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from taskctl.exceptions import OutboxUnavailableError
 from taskctl.foreign import HOW_TO_START_ONE, WHAT_IT_DOES_WRONG, foreign_workers
+from taskctl.outbox_ops import opened, outbox_stats
+from taskctl.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,42 @@ def check_workers(connection: Redis) -> list[Finding]:
         Finding("error", f"worker {w.name}", f"{w.describe()}: {WHAT_IT_DOES_WRONG}; {HOW_TO_START_ONE}")
         for w in foreign
     ]
+
+
+def check_outbox(settings: Settings) -> list[Finding]:
+    """Rows move and none is stuck; "not in use" (ok) when no row was ever written, an error when it cannot be asked.
+
+    Age is the alarm, not the count: a busy shop has rows waiting all the time,
+    but with a relay running none waits for more than a moment.
+    """
+    try:
+        with opened(settings) as db:
+            found = outbox_stats(db)
+    except OutboxUnavailableError as exc:
+        return [Finding("error", "outbox", str(exc))]
+    if not found.has_table:
+        return [Finding("ok", "outbox", "not in use (no outbox table)")]
+    waiting = f"{found.waiting} waiting, oldest {found.oldest_age:.0f}s"
+    findings = [
+        Finding("ok", "outbox", waiting)
+        if found.oldest_age <= settings.outbox_max_age
+        else Finding(
+            "error",
+            "outbox",
+            f"{waiting}, more than TASKCTL_OUTBOX_MAX_AGE ({settings.outbox_max_age:g}s): "
+            "is the relay running? Start it with `python -m taskctl.relay`",
+        )
+    ]
+    if found.stuck:
+        findings.append(
+            Finding(
+                "error",
+                "outbox stuck rows",
+                f"{found.stuck} row(s) the relay cannot make jobs; see why with `taskctl outbox`, "
+                "then `taskctl outbox retry` or `taskctl outbox delete` them",
+            )
+        )
+    return findings
 
 
 def warn_if_unsafe(connection: Redis, log: logging.Logger) -> None:

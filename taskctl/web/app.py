@@ -3,7 +3,7 @@
 rq-dashboard's own pages are served under their usual paths, from its own
 templates with every value inserted as text (``stock_templates`` says why).
 Added: auth, CSRF and read-only guards (``security``), a Schedules page for
-rq-scheduler's jobs, ``/metrics`` and ``/healthz``.
+rq-scheduler's jobs, an Outbox page, ``/metrics`` and ``/healthz``.
 """
 
 from __future__ import annotations
@@ -160,19 +160,72 @@ def schedules(instance_number: int) -> Response:
     settings = _settings()
     runs = scheduled_runs(make_scheduler(settings, _redis()))
     zone = settings.tz
-    body = render_template(
+    return _page(
         "taskctl/schedules.html",
+        "schedules",
+        instance_number,
         periodic=[(run, show_time(run.next_run, zone)) for run in runs if run.name],
         delayed=[(run, show_time(run.next_run, zone)) for run in runs if not run.name],
         timezone=settings.timezone,
         now=show_time(datetime.now(UTC), zone),
+    )
+
+
+#: Stuck rows the Outbox page lists; `taskctl outbox --limit N` shows more.
+OUTBOX_PAGE_ROWS = 100
+
+
+@pages.route("/outbox", defaults={"instance_number": 0})
+@pages.route("/<int:instance_number>/view/outbox")
+def outbox(instance_number: int) -> Response:
+    """Read-only: retry and delete stay with the CLI, where the operator names rows and sees the count."""
+    from taskctl.exceptions import OutboxUnavailableError
+    from taskctl.outbox_ops import OutboxRow, OutboxStats, opened, outbox_stats, stuck_rows
+
+    settings = _settings()
+    zone = settings.tz
+
+    def when(stamp: float | None) -> str:
+        return show_time(datetime.fromtimestamp(stamp, UTC) if stamp is not None else None, zone)
+
+    found: OutboxStats | None = None
+    stuck: list[OutboxRow] = []
+    problem: str | None = None
+    try:
+        with opened(settings, timeout=2.0) as db:
+            found = outbox_stats(db)
+            stuck = stuck_rows(db, OUTBOX_PAGE_ROWS) if found.stuck else []
+    except OutboxUnavailableError as exc:
+        found, stuck, problem = None, [], str(exc)
+    return _page(
+        "taskctl/outbox.html",
+        "outbox",
+        instance_number,
+        database=mask_url(settings.outbox_database),
+        problem=problem,
+        stats=found,
+        oldest=f"{found.oldest_age:.0f}s" if found else "-",
+        max_age=f"{settings.outbox_max_age:g}s",
+        stuck=[(row, when(row.created_at), when(row.stuck_at)) for row in stuck],
+        more=found.stuck - len(stuck) if found else 0,
+        timezone=settings.timezone,
+        now=show_time(datetime.now(UTC), zone),
+    )
+
+
+def _page(template: str, tab: str, instance_number: int, **context: Any) -> Response:
+    """One of our pages inside rq-dashboard's layout, which needs these values of its own pages."""
+    settings = _settings()
+    body = render_template(
+        template,
         current_instance=instance_number,
         instance_list=[mask_url(settings.redis_url)],
         rq_url_prefix="/",
         rq_dashboard_version=rq_dashboard.web.rq_dashboard_version,
         rq_version=rq.__version__,
-        active_tab="schedules",
+        active_tab=tab,
         deprecation_options_usage=False,
         poll_interval=current_app.config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500),
+        **context,
     )
     return Response(body, 200, headers={"Cache-Control": "no-store"})

@@ -1,7 +1,10 @@
 """/metrics: the figures to alert on, in Prometheus's text format.
 
 A collector reads Redis at scrape time, so every process (and every replica of
-the web process) reports the same numbers, with no state of its own.
+the web process) reports the same numbers, with no state of its own. Another
+reads the outbox's database; that one going away is a figure
+(``taskctl_outbox_up 0``), not a failed scrape, so that Redis's figures, and the
+alert on the outbox itself, still arrive.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
 
+from taskctl.exceptions import OutboxUnavailableError
+from taskctl.outbox_ops import opened, outbox_stats
 from taskctl.settings import Settings
 from taskctl.stats import queue_stats, scheduler_stats, workers
 
@@ -52,7 +57,38 @@ class TaskctlCollector(Collector):
         )
 
 
+class OutboxCollector(Collector):
+    #: Seconds a scrape waits for the outbox's database: well within Prometheus's default 10 s scrape timeout.
+    TIMEOUT = 2.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            with opened(self.settings, timeout=self.TIMEOUT) as db:
+                found = outbox_stats(db)
+        except OutboxUnavailableError:
+            yield GaugeMetricFamily("taskctl_outbox_up", "1 when the outbox's database answers, else 0.", 0)
+            return
+        yield GaugeMetricFamily("taskctl_outbox_up", "1 when the outbox's database answers, else 0.", 1)
+        rows = GaugeMetricFamily(
+            "taskctl_outbox_rows",
+            "Outbox rows: waiting for the relay, or stuck (the relay gave up; an operator must retry or delete).",
+            labels=["state"],
+        )
+        rows.add_metric(["waiting"], found.waiting)
+        rows.add_metric(["stuck"], found.stuck)
+        yield rows
+        yield GaugeMetricFamily(
+            "taskctl_outbox_oldest_row_age_seconds",
+            "How long the oldest waiting outbox row has waited (0: none); growing means no relay runs.",
+            found.oldest_age,
+        )
+
+
 def registry_for(connection: Redis, settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TaskctlCollector(connection, settings))
+    registry.register(OutboxCollector(settings))
     return registry
