@@ -122,6 +122,10 @@ class Relay:
                 )
                 deleted = self._move(db, rows, done)
         else:
+            # A plain read first: an idle relay must not take the write lock the application's writers need.
+            if not db.rows(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE stuck_reason IS NULL)")[0][0]:
+                self.forget()
+                return done
             db.execute("BEGIN IMMEDIATE")
             try:
                 rows = db.rows(

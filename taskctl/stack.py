@@ -14,7 +14,10 @@ second signal would be a cold shutdown, and a forking worker's work-horse dies o
 SIGTERM). Each gets ``TASKCTL_STOP_GRACE`` seconds (30, as Heroku and Kubernetes
 give), then SIGKILL with its whole process group: a job killed then is not lost,
 its started-registry entry expires and a worker retries it, as for any worker that
-died. Redis stops last, when nothing uses it any more.
+died. Redis stops last, when nothing uses it any more. The order is the Procfile's,
+which lists the workers first and then the processes that only write to Redis
+(scheduler, outbox relay): those go on enqueueing while the workers finish, and
+what they would have written next waits (due, or in the outbox table) for the next start.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done.stderr
-    assert len(units) == 3
+    assert len(units) == 4
 
 
 def test_every_procfile_process_has_a_systemd_unit_with_the_same_command() -> None:
@@ -95,12 +95,16 @@ def test_every_procfile_process_has_a_systemd_unit_with_the_same_command() -> No
     worker = "rq worker"
     pool = "rq worker-pool -n 2"
     assert procfile["worker"].strip() == pool
-    for process, unit in (("worker", "taskctl-worker@.service"), ("scheduler", "taskctl-scheduler.service"),
-                          ("web", "taskctl-web.service")):  # fmt: skip
+    unit_of = {"worker": "taskctl-worker@.service", "scheduler": "taskctl-scheduler.service",
+               "relay": "taskctl-relay.service", "web": "taskctl-web.service"}  # fmt: skip
+    assert set(procfile) == set(unit_of) and set(units) == set(unit_of.values())
+    container = (DEPLOY / "Containerfile").read_text()
+    assert 'CMD ["rq", "worker-pool", "-n", "2"]' in container
+    for process, unit in unit_of.items():
         command = worker if process == "worker" else procfile[process].strip()
         exec_start = re.search(r"^ExecStart=/opt/taskctl/\.venv/bin/(.*)$", units[unit], re.M)
         assert exec_start is not None
         assert exec_start.group(1) == command, (process, command, exec_start.group(1))
         assert "Restart=always" in units[unit] and "KillSignal=SIGTERM" in units[unit]
-    container = (DEPLOY / "Containerfile").read_text()
-    assert 'CMD ["rq", "worker-pool", "-n", "2"]' in container
+        if process != "worker":  # the image's default command; the others are shown in its header
+            assert re.search(rf"^#\s+docker run .*taskctl {re.escape(command)}(\s|$)", container, re.M), process

@@ -11,11 +11,14 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from jobs import shop
+from taskctl import outbox
 from taskctl.stack import redis_answers, redis_server
 from tests.conftest import BIN, ROOT, free_port, taskctl
 from tests.test_enqueue_cli import job_id_from
@@ -71,6 +74,16 @@ def test_up_brings_the_whole_stack_up_with_an_embedded_redis_and_ctrl_c_stops_it
         assert shown["description"] == "send_email('user@example.com', 'Order confirmed', 'Thanks!')"
         queues = json.loads(http_get(f"{dashboard}/0/data/queues.json")[1])["queues"]
         assert {q["name"]: q["finished_job_registry_count"] for q in queues}["high"] == 1
+
+        # The relay runs too: a row committed in the shop's database (its default outbox) becomes a job.
+        with closing(shop.connect()) as conn, shop.transaction(conn):
+            handle = outbox.enqueue(conn, "push_notification", 7, "Order 1 received")
+        client = Redis.from_url(redis_url)
+        try:
+            wait_until(lambda: client.hget(f"rq:job:{handle.id}", "status") == b"finished", 30,
+                       f"the outbox row's job {handle.id}\n{log.read_text()}")  # fmt: skip
+        finally:
+            client.close()
     finally:
         stack.send_signal(signal.SIGINT)
         try:
@@ -80,7 +93,7 @@ def test_up_brings_the_whole_stack_up_with_an_embedded_redis_and_ctrl_c_stops_it
             raise
     output = log.read_text()
     assert "started embedded Redis at " + redis_url in output
-    for process in ("worker", "scheduler", "web"):
+    for process in ("worker", "scheduler", "relay", "web"):
         assert f"{process} started (pid=" in output
         assert f"{process} stopped" in output
     assert "SIGINT received" in output
@@ -222,9 +235,9 @@ def assert_stopped_cleanly(stack: Up, seconds: float, redis_url: str) -> None:
     assert output.count("Received SIGINT/SIGTERM, shutting down") == 1, output
     assert output.count("warm shut down requested") == 2, output
     assert "cold shut down" not in output, output
-    # The workers first (their job finishes), then the scheduler and the dashboard, then Redis.
-    order = ["worker stopped", "sending SIGTERM to scheduler", "scheduler stopped",
-             "sending SIGTERM to web", "web stopped", "stopped embedded Redis"]  # fmt: skip
+    # The workers first (their job finishes), then the scheduler, the relay and the dashboard, then Redis.
+    order = ["worker stopped", "sending SIGTERM to scheduler", "scheduler stopped", "sending SIGTERM to relay",
+             "relay stopped (rc=0)", "sending SIGTERM to web", "web stopped", "stopped embedded Redis"]  # fmt: skip
     assert [output.index(line) for line in order] == sorted(output.index(line) for line in order), output
     assert not redis_answers(redis_url)
     assert_nothing_left(stack)
@@ -304,8 +317,9 @@ def test_a_second_ctrl_c_kills_what_still_runs_without_waiting_for_the_grace(
     output = stack.output
     assert "SIGINT received: killing what still runs" in output, output
     assert "sending SIGKILL to worker" in output and "stop signal repeated" in output, output
-    # Only the worker was waited for: the scheduler and the dashboard still stop as usual.
+    # Only the worker was waited for: the scheduler, the relay and the dashboard still stop as usual.
     assert "sending SIGTERM to scheduler" in output and "sending SIGKILL to scheduler" not in output, output
+    assert "sending SIGTERM to relay" in output and "sending SIGKILL to relay" not in output, output
     assert output.index("worker stopped") < output.index("stopped embedded Redis"), output
     assert stack.process.returncode == 1, output
     assert seconds < 10, output
