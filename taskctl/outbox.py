@@ -133,14 +133,17 @@ def _ensure_table(db: Db) -> None:
 
     SQLite answers "is it there" from memory; PostgreSQL is asked once per
     process and database. A table created here exists once the caller commits,
-    so only one found by the check is remembered.
+    so only one found by the check is remembered, and not one this very
+    transaction created (by an earlier call): it is gone if the caller rolls back.
     """
     if db.dialect == "postgresql":
         key = _dsn(db)
         if key in _has_table:
             return
-        if db.has_table():
-            _has_table.add(key)
+        found, created_here = db.table_here()
+        if found:
+            if not created_here:
+                _has_table.add(key)
             return
     elif db.has_table():
         return

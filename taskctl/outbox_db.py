@@ -98,6 +98,20 @@ class Db:
         else:
             self.execute(_SQLITE)
 
+    def table_here(self) -> tuple[bool, bool]:
+        """PostgreSQL: whether the table exists for this connection, and whether this transaction created it.
+
+        A table this transaction created is gone if it rolls back: the transaction
+        holds the ACCESS EXCLUSIVE lock CREATE TABLE took until it ends (a savepoint
+        rolled back releases it along with the table).
+        """
+        found, created_here = self.rows(
+            f"SELECT to_regclass('{TABLE}') IS NOT NULL, EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'relation'"
+            f" AND relation = to_regclass('{TABLE}') AND pid = pg_backend_pid() AND mode = 'AccessExclusiveLock'"
+            " AND granted)"
+        )[0]
+        return bool(found), bool(created_here)
+
     def has_table(self) -> bool:
         if self.dialect == "postgresql":
             return bool(self.rows(f"SELECT to_regclass('{TABLE}') IS NOT NULL")[0][0])

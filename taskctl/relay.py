@@ -103,10 +103,11 @@ class Relay:
 
     def close(self) -> None:
         self.forget(everything=True)
-        if self.db is not None:
-            with contextlib.suppress(Exception):  # a dead connection may refuse even that
-                self.db.raw.close()
-            self.db = None
+        for connection in (self.db.raw if self.db is not None else None, self._listening):
+            if connection is not None:
+                with contextlib.suppress(Exception):  # a dead connection may refuse even that
+                    connection.close()
+        self.db = self._listening = None
 
     def relay_once(self, limit: int | None = None) -> Pass:
         """Move one batch of waiting rows; the database's and Redis's errors reach the caller, nothing half-done."""
