@@ -30,7 +30,6 @@ Run it from the project root, next to the stack (``python3 dev.py up``)::
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
 from contextlib import closing
@@ -45,6 +44,7 @@ from taskctl import outbox, outbox_db
 from taskctl.connection import connect
 from taskctl.exceptions import NoSuchJobError, RedisUnavailableError, SettingsError
 from taskctl.outbox import OutboxHandle
+from taskctl.outbox_ops import find_row
 from taskctl.settings import Settings, get_settings, mask_url
 from taskctl.status import fetch_job, report
 
@@ -156,19 +156,16 @@ def outbox_row(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
 
     Read with the shop's own connection: the rows are in its database, and Redis may be down.
     """
-    db = outbox_db.wrap(conn)
-    if not db.has_table():  # no order placed yet on this database
-        return None
-    row = conn.execute(f"SELECT job, call, stuck_reason FROM {outbox_db.TABLE} WHERE job_id = ?", (job_id,)).fetchone()
+    row = find_row(conn, job_id)
     if row is None:
         return None
-    stuck = row["stuck_reason"]
+    stuck = row.stuck_reason
     return {
         "id": job_id,
-        "job": row["job"],
+        "job": row.job,
         # "stuck": the relay could not make it a job and will not retry by itself (`taskctl outbox`).
         "status": "stuck" if stuck else "outbox",
-        "queue": json.loads(row["call"]).get("queue"),
+        "queue": row.queue,
         "enqueued_at": None,
         "started_at": None,
         "ended_at": None,
