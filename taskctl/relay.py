@@ -102,7 +102,7 @@ class Relay:
         return self.db
 
     def close(self) -> None:
-        self.forget(everything=True)
+        """Close the database connections; the ids waiting to be forgotten are kept (see :meth:`forget`)."""
         for connection in (self.db.raw if self.db is not None else None, self._listening):
             if connection is not None:
                 with contextlib.suppress(Exception):  # a dead connection may refuse even that
@@ -264,7 +264,8 @@ def run(settings: Settings | None = None, stopping: Callable[[], bool] = lambda:
             except outage as exc:
                 side = "Redis" if isinstance(exc, RedisUnavailableError) else "the outbox database"
                 if down != side:
-                    log.error("relay: %s unavailable (%s); retrying", side, exc)
+                    # One line: psycopg's messages span several (a hint, a CONTEXT).
+                    log.error("relay: %s unavailable (%s); retrying", side, " ".join(str(exc).split()))
                     down = side
                 if side != "Redis":
                     relay.close()
@@ -283,6 +284,7 @@ def run(settings: Settings | None = None, stopping: Callable[[], bool] = lambda:
                 except outage:
                     relay._listening = None
     finally:
+        relay.forget(everything=True)  # stopping: a relay restarted would not know them
         relay.close()
 
 
