@@ -11,6 +11,11 @@ table and the ratios the goals are stated in, and writes the figures as JSON.
 No system keeps results (the peers are tuned so, and taskctl's bench jobs declare
 ``result_ttl=0``), so completions and latencies are reported by the jobs themselves, in
 the same commands for every system: see bench.jobs.
+
+The section ``outbox`` (in --systems, run by default; ``--systems outbox`` runs it
+alone) measures the outbox of issue 20 on SQLite and on a PostgreSQL server of its own:
+the cost of an enqueue in the application's transaction, the relay's throughput and
+commit-to-queued latency (see bench.outbox).
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ from typing import Any
 import psutil
 from redis import Redis
 
+from bench import outbox
 from bench.jobs import DONE_KEY, STAMPS_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SYSTEMS = ("taskctl", "rq worker", "rq SimpleWorker", "celery prefork", "dramatiq", "huey")
+#: What --systems also takes that is not a queue system: measured in turn with them, reported apart.
+SECTIONS = ("outbox",)
 #: Job-running processes per system, unless --workers says otherwise.
 WORKERS = 2
 #: Systems whose one command starts a parent that runs the job-running processes as its children.
@@ -323,13 +331,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=WORKERS,
                         help=f"job-running processes per system (default {WORKERS})")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="runs of every system, alternating (default 3)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS + SECTIONS),
+                        help="comma-separated subset of: " + ", ".join(SYSTEMS + SECTIONS))  # fmt: skip
+    defaults = outbox.Sizes()
+    parser.add_argument("--outbox-calls", type=int, default=defaults.calls,
+                        help=f"outbox: calls per enqueue-cost figure (default {defaults.calls})")  # fmt: skip
+    parser.add_argument("--outbox-rows", type=int, default=defaults.rows,
+                        help=f"outbox: rows the relay moves for its throughput (default {defaults.rows})")  # fmt: skip
+    parser.add_argument("--outbox-commits", type=int, default=defaults.commits,
+                        help=f"outbox: commits timed for commit-to-queued (default {defaults.commits})")  # fmt: skip
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where the figures go")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",")]
-    unknown = set(systems) - set(SYSTEMS)
+    unknown = set(systems) - set(SYSTEMS + SECTIONS)
     if unknown:
-        parser.error(f"unknown system(s) {', '.join(sorted(unknown))}; expected some of: {', '.join(SYSTEMS)}")
+        parser.error(
+            f"unknown system(s) {', '.join(sorted(unknown))}; expected some of: {', '.join(SYSTEMS + SECTIONS)}"
+        )
+    sizes = outbox.Sizes(args.outbox_calls, args.outbox_rows, args.outbox_commits)
 
     from taskctl.stack import redis_server
 
@@ -340,22 +359,38 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, REDIS_URL=url, TASKCTL_JOB_PACKAGES="jobs,bench.jobs",
                PYTHONPATH=str(ROOT))  # fmt: skip
     os.environ.update({k: env[k] for k in ("REDIS_URL", "TASKCTL_JOB_PACKAGES")})
-    runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
-    with tempfile.TemporaryDirectory() as data, redis_server(port, Path(data)):
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems if s in SYSTEMS}
+    outbox_runs: list[dict[str, dict[str, float]]] = []
+    databases: dict[str, str] = {}
+    postgres_url = ""
+    with tempfile.TemporaryDirectory() as data, redis_server(port, Path(data)), contextlib.ExitStack() as stack:
         redis_version = Redis.from_url(url).info("server")["redis_version"]
+        if "outbox" in systems:
+            postgres_url = stack.enter_context(outbox.postgres(Path(data)))
+            databases = outbox.versions(postgres_url)
         for repeat in range(args.repeats):
             for system in systems if repeat % 2 == 0 else reversed(systems):
                 print(f"repeat {repeat + 1}/{args.repeats}: {system} ...", file=sys.stderr, flush=True)
+                if system == "outbox":
+                    outbox_runs.append(outbox.run(url, env, postgres_url, Path(data), sizes, redis_counters))
+                    continue
                 runs[system].append(
                     run_system(system, url, env, args.jobs, args.io_jobs, args.latency_samples, args.workers)
                 )
-    medians = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in systems}
-    report(medians)
+    medians = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in runs}
+    if medians:
+        report(medians)
+    outbox_figures: dict[str, Any] = {}
+    if outbox_runs:
+        outbox_medians = outbox.medians(outbox_runs)
+        outbox.report(outbox_medians, databases, args.repeats, sizes, goal)
+        outbox_figures = {"databases": databases, "medians": outbox_medians, "runs": outbox_runs}
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "redis": redis_version}  # fmt: skip
     # The Redis URL too, so that a test can look for any process the run left behind (their REDIS_URL).
     args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": str(args.json)},
-                                     "redis_url": url, "medians": medians, "runs": runs}, indent=2))  # fmt: skip
+                                     "redis_url": url, "medians": medians, "runs": runs,
+                                     "outbox": outbox_figures}, indent=2))  # fmt: skip
     print(f"\nfigures written to {args.json}")
     return 0
 

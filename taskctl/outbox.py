@@ -151,8 +151,10 @@ def _ensure_table(db: Db) -> None:
 
 
 def _dsn(db: Db) -> str:
+    """Which database: psycopg's ``info.dsn`` is rebuilt on each read (0.6 ms), its parts are not."""
     raw = db.raw
-    if hasattr(raw, "info") and hasattr(raw.info, "dsn"):
-        return str(raw.info.dsn)
+    if hasattr(raw, "pgconn"):
+        info = raw.info
+        return f"{info.host}:{info.port}/{info.dbname}"
     bind = raw.get_bind() if hasattr(raw, "get_bind") else raw
     return str(getattr(bind, "engine", bind).url)

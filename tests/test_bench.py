@@ -33,6 +33,26 @@ GOAL_LINES = [
     "noop_jobs_per_s vs rq worker:",
     "bulk enqueue:",
 ]
+#: Tiny sizes for the outbox section (bench.outbox), which runs by default too.
+OUTBOX_SIZES = ["--outbox-calls", "20", "--outbox-rows", "200", "--outbox-commits", "5"]
+#: What the outbox section prints: its three tables' headings, a row per database, and its goals (issue 20).
+OUTBOX_LINES = [
+    "what one enqueue costs the application, µs per call",
+    "  SQLite: outbox call / enqueue ",
+    "  PostgreSQL: outbox call / enqueue ",
+    "the relay: Relay.relay_once in a loop",
+    "commit-to-queued: python -m taskctl.relay running",
+    "goals of issue 20 (this run):",
+    "relay throughput, SQLite:",
+    "relay throughput, PostgreSQL:",
+    "commit-to-queued p99, SQLite (poll 0.2 s):",
+    "commit-to-queued p99, PostgreSQL (NOTIFY):",
+]
+OUTBOX_FIGURES = {
+    "plain_enqueue_us", "txn_us", "txn_outbox_us", "outbox_call_us", "outbox_row_us", "txn_then_enqueue_us",
+    "relay_rows_per_s", "relay_passes", "relay_commands_per_row", "relay_redis_cpu_us_per_row",
+    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_max_ms",
+}  # fmt: skip
 
 
 def left_behind(redis_url: str) -> list[str]:
@@ -49,7 +69,7 @@ def test_the_benchmark_completes_and_reports_every_system(tmp_path: Path) -> Non
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--jobs", "20", "--io-jobs", "4", "--latency-samples", "5", "--repeats", "1",
-         "--json", str(out)],
+         "--json", str(out), *OUTBOX_SIZES],
         cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -69,4 +89,27 @@ def test_the_benchmark_completes_and_reports_every_system(tmp_path: Path) -> Non
     assert "the ceiling of one Redis" in done.stdout
     assert figures["machine"]["cpus"] == os.cpu_count()
     # huey's and Dramatiq's consumers fork children that outlive a parent killed alone.
+    assert left_behind(figures["redis_url"]) == []
+
+
+def test_the_outbox_section_runs_alone_and_reports_both_databases(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--systems", "outbox", "--repeats", "1", "--json", str(out), *OUTBOX_SIZES],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in OUTBOX_LINES:
+        assert line in done.stdout, line
+    assert "goals of issue 19" not in done.stdout  # the queue systems were not run
+    figures = json.loads(out.read_text())
+    assert figures["medians"] == {}
+    assert set(figures["outbox"]["medians"]) == {"sqlite", "postgresql"}
+    for database, values in figures["outbox"]["medians"].items():
+        assert set(values) == OUTBOX_FIGURES, database
+        # Redis's CPU counters may not move over 200 rows; a difference of two timings may be below zero.
+        measured = OUTBOX_FIGURES - {"relay_redis_cpu_us_per_row", "outbox_row_us"}
+        assert all(values[key] > 0 for key in measured), (database, values)
+    # The relay processes it started (python -m taskctl.relay, one per database) are gone.
     assert left_behind(figures["redis_url"]) == []
