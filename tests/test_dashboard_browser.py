@@ -143,6 +143,39 @@ def test_the_schedules_page_shows_declared_schedules_from_the_navigation(
     screenshot(page, "schedules")
 
 
+def test_the_outbox_page_shows_waiting_and_stuck_rows_from_the_navigation(
+    web: Callable[..., str], page: Any, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from taskctl import outbox
+    from taskctl.relay import Relay
+
+    (tmp_path / "var").mkdir(exist_ok=True)
+    with sqlite3.connect(tmp_path / "var" / "shop.sqlite3") as conn:  # the default outbox: the shop's database
+        outbox.enqueue(conn, "add", 1, 2)
+        conn.execute(
+            "INSERT INTO taskctl_outbox (job_id, job, call, created_at) VALUES (?, ?, ?, strftime('%s', 'now'))",
+            ("gone-1", "retired_job", json.dumps({"args": [], "kwargs": {}, "queue": "default", "job_timeout": None,
+                                                  "retries": None, "backoff": None, "unique": False, "due": None})),
+        )  # fmt: skip
+    assert Relay().relay_once().stuck == 1  # and the waiting row became a job
+    with sqlite3.connect(tmp_path / "var" / "shop.sqlite3") as conn:
+        outbox.enqueue(conn, "add", 3, 4)
+    base = web()
+
+    page.goto(base + "/")
+    page.get_by_role("link", name="Outbox").click()
+    page.wait_for_url(base + "/outbox")
+
+    assert page.locator("#outbox-waiting").inner_text() == "1"
+    assert page.locator("#outbox-stuck").inner_text() == "1"
+    cells = page.locator("#stuck tbody tr", has_text="gone-1").locator("td").all_inner_texts()
+    assert cells[:3] == ["gone-1", "retired_job()", "default"]
+    assert cells[5].startswith("UnknownJobError: unknown job 'retired_job'")
+    screenshot(page, "outbox")
+
+
 PAYLOADS = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>"]
 
 
