@@ -7,6 +7,7 @@ ships) on a free port, and never talks to a Redis it did not start.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,12 @@ import cli
 from taskctl import settings as settings_module
 from taskctl.stack import redis_server, stop
 from tests.postgres import PostgresServer, postgres_server
+
+# A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would
+# every process it starts; `taskctl up` keeps an inherited ignore (as under nohup), so its Ctrl-C
+# tests would fail. The processes the tests start get the default Ctrl-C, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
