@@ -135,7 +135,7 @@ def unavailable(url: str, exc: BaseException) -> RedisUnavailableError:
 def wait_until_answers(
     client: Redis, log: logging.Logger, url: str, stopping: Callable[[], bool] = lambda: False
 ) -> bool:
-    """Block until Redis answers a PING again, retrying with backoff (0.5 s doubling to 10 s); True then.
+    """Block until Redis answers a PING again, retrying with backoff (0.5 s doubling to 5 s); True then.
 
     For long-running processes (workers, the scheduler): they outlive an outage
     instead of exiting, and carry on once Redis (or a new Sentinel master) is back.
@@ -153,7 +153,7 @@ def wait_until_answers(
                 if stopping():
                     return False
                 time.sleep(0.1)
-            delay = min(delay * 2, 10)
+            delay = min(delay * 2, 5)  # back at work within 5 s of the outage's end
         else:
             log.info("Redis at %s answers again", mask_url(url))
             return True

@@ -270,7 +270,7 @@ def run(settings: Settings | None = None, stopping: Callable[[], bool] = lambda:
                 if side != "Redis":
                     relay.close()
                 _sleep(delay, stopping)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)  # back within 5 s of an outage's end
                 continue
             if down:
                 log.info("relay: %s answers again", down)
