@@ -70,7 +70,7 @@ def test_the_benchmark_completes_and_reports_every_system(tmp_path: Path) -> Non
     done = subprocess.run(
         # The queue systems; the outbox section has a smoke test of its own (below).
         [sys.executable, "-m", "bench", "--jobs", "20", "--io-jobs", "4", "--latency-samples", "5", "--repeats", "1",
-         "--systems", ",".join(sorted(SYSTEMS)), "--json", str(out)],
+         "--workers", "1", "--systems", ",".join(sorted(SYSTEMS)), "--json", str(out)],
         cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

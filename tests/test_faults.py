@@ -179,9 +179,10 @@ def is_running(process: psutil.Process) -> bool:
         return False
 
 
-def enqueue_tallies(log: Path, count: int, seconds: float) -> list[str]:
+def enqueue_tallies(log: Path, count: int, seconds: float, first: int = 0) -> list[str]:
+    """``count`` tally jobs of ``seconds`` each, tokens t{first}, t{first + 1}, ...: token t{i} is the i-th id."""
     queues = ["high", "default", "low"]
-    lines = (f'{{"log": "{log}", "token": "t{i}", "seconds": {seconds}}}' for i in range(count))
+    lines = (f'{{"log": "{log}", "token": "t{i}", "seconds": {seconds}}}' for i in range(first, first + count))
     calls, bad = read_calls("tally", lines)
     assert not bad
     from dataclasses import replace
@@ -568,7 +569,7 @@ def test_every_job_of_a_dead_worker_is_retried_or_failed_within_30_seconds_whate
     started (its intermediate list) alike.
     """
     log = tmp_path / "runs.log"
-    ids = enqueue_tallies(log, 3000 * soak, 0.05)
+    ids = enqueue_tallies(log, 2400 * soak, 0.05)
     pool_command = [str(BIN / "rq"), "worker-pool", "-n", "2"]  # the Procfile's, as typed
     pools = [subprocess.Popen(pool_command, env=dict(os.environ), cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for _ in range(2)]  # fmt: skip
@@ -581,6 +582,9 @@ def test_every_job_of_a_dead_worker_is_retried_or_failed_within_30_seconds_whate
         for kind in [k for k in KILL_KINDS for _ in range(2 * soak)]:
             time.sleep(1.5)
             settle(redis, pending, time.monotonic())
+            # Work left for every kill: on a slow run the queue would run dry before the last kinds.
+            if sum(redis.llen(f"rq:queue:{name}") for name in ("high", "default", "low")) < 300:
+                ids += enqueue_tallies(log, 600, 0.05, first=len(ids))
             held_before: list[InFlight] | None = None
             if kind.startswith("pool"):
                 number = rng.randrange(len(pools))

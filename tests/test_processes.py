@@ -65,7 +65,9 @@ def test_an_idle_worker_pool_and_scheduler_print_nothing_and_each_job_prints_two
 ) -> None:
     """The stack's worker and scheduler, as the Procfile starts them, with schedules declared (cron is parsed)."""
     write_schedules(TWO_SCHEDULES)
-    env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
+    # Maintenance and scheduler passes every 2 s, so that a few seconds of idling span two of each.
+    env = dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+               TASKCTL_MAINTENANCE_INTERVAL="2", TASKCTL_SCHEDULER_INTERVAL="2")  # fmt: skip
     logs = {name: tmp_path / f"{name}.log" for name in ("worker", "scheduler")}
     processes = []
     for name, path in logs.items():
@@ -78,7 +80,7 @@ def test_an_idle_worker_pool_and_scheduler_print_nothing_and_each_job_prints_two
             time.sleep(0.1)
         time.sleep(2)  # start-up lines written
         before = {name: lines_of(path) for name, path in logs.items()}
-        time.sleep(12)  # two maintenance passes of every worker, two scheduler passes
+        time.sleep(5)  # two maintenance passes of every worker, two scheduler passes
         idle = {name: lines_of(path)[len(before[name]) :] for name, path in logs.items()}
 
         job = enqueue("add", 2, 3)
