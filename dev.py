@@ -38,8 +38,7 @@ def install(extra: str | None) -> None:
     stamp = VENV / f".installed-{extra or 'base'}"
     if not (stamp.exists() and stamp.read_text() == digest):
         run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-        # --no-compile: Python compiles what it imports anyway; compiling every file of every package costs 9 s.
-        run(BIN / "python", "-m", "pip", "install", "--quiet", "--no-compile", "-e", spec)
+        run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", spec)
         stamp.write_text(digest)
     install_pth()
 
