@@ -678,9 +678,9 @@ def outbox(ctx: click.Context, limit: int) -> None:
 @click.option("--all", "all_rows", is_flag=True, help="Every stuck row.")
 def outbox_retry(job_ids: tuple[str, ...], all_rows: bool) -> None:
     """Let the relay try stuck rows again (their reason is cleared)."""
-    from taskctl.outbox_ops import opened, retry
+    from taskctl.outbox_ops import chosen, opened, retry
 
-    _check_selection(job_ids, all_rows)
+    chosen(job_ids, all_rows)  # before the database: a bad command line is told as such
     with opened() as db:
         done = retry(db, job_ids, all_rows=all_rows)
     named = len(set(job_ids))
@@ -697,17 +697,12 @@ def outbox_delete(job_ids: tuple[str, ...], all_rows: bool) -> None:
     --all takes the stuck rows only; a waiting row (a committed call the relay is
     about to move) is deleted only when named by its id.
     """
-    from taskctl.outbox_ops import delete, opened
+    from taskctl.outbox_ops import chosen, delete, opened
 
-    _check_selection(job_ids, all_rows)
+    chosen(job_ids, all_rows)  # before the database: a bad command line is told as such
     with opened() as db:
         done = delete(db, job_ids, all_rows=all_rows)
     click.echo(f"Deleted {done} row(s).")
-
-
-def _check_selection(job_ids: tuple[str, ...], all_rows: bool) -> None:
-    if bool(job_ids) == all_rows:
-        raise click.UsageError("give job ids or --all (not both)")
 
 
 @outbox.command(name="init")

@@ -13,9 +13,10 @@ init``; teams that own their migrations take it from ``taskctl outbox schema``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,30 @@ class Db:
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self.execute(sql, params).fetchall()]
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction for a read and the writes that depend on it, committed when the block ends.
+
+        SQLite takes its write lock up front (BEGIN IMMEDIATE), so that nobody (a relay,
+        an operator) changes a row between the read and the write. An application's
+        sqlite3 connection already in a transaction, or a SQLAlchemy Connection or
+        Session, keeps the caller's transaction: the writes are the caller's to commit.
+        """
+        if self.style == "format":
+            with self.raw.transaction():
+                yield
+        elif self.style == "qmark" and not self.raw.in_transaction:
+            self.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.raw.in_transaction:  # SQLite rolls back by itself after some errors
+                    self.execute("ROLLBACK")
+                raise
+            self.execute("COMMIT")
+        else:
+            yield
+
     def create_table(self) -> None:
         """Create the outbox if it is missing, inside the connection's current transaction."""
         if self.dialect == "postgresql":
@@ -116,6 +141,16 @@ class Db:
         if self.dialect == "postgresql":
             return bool(self.rows(f"SELECT to_regclass('{TABLE}') IS NOT NULL")[0][0])
         return bool(self.rows("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))[0][0])
+
+
+def placeholders(values: Sequence[Any]) -> str:
+    """``?,?,?``: one per value, for ``IN (...)``."""
+    return ",".join("?" * len(values))
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's message on one line: libpq's span several (a hint, a CONTEXT); a log line or a cell is one."""
+    return " ".join(str(exc).split())
 
 
 def _split(ddl: str) -> list[str]:

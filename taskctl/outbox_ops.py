@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskctl.exceptions import InvalidArgumentsError, NoSuchOutboxRowError, OutboxUnavailableError
-from taskctl.outbox_db import TABLE, Db, dialect_of, down_errors, open_url, sqlite_path, wrap
+from taskctl.outbox_db import TABLE, Db, dialect_of, down_errors, one_line, open_url, placeholders, sqlite_path, wrap
 from taskctl.settings import Settings, get_settings, mask_url
 
 #: Ids per statement: far below SQLite's (and PostgreSQL's) limit on parameters.
@@ -103,26 +103,21 @@ def opened(settings: Settings | None = None, *, create: bool = False, timeout: f
         db = Db(sqlite3.connect(":memory:", isolation_level=None), "sqlite", "qmark")
     else:
         try:
-            # Autocommit: a read must not leave PostgreSQL a transaction open; writes open theirs (_writing).
+            # Autocommit: a read must not leave PostgreSQL a transaction open; writes open theirs (Db.transaction).
             db = open_url(url, autocommit=True, create=create, timeout=timeout)
         except OutboxUnavailableError as exc:
-            raise OutboxUnavailableError(_one_line(exc)) from None
+            raise OutboxUnavailableError(one_line(exc)) from None
     try:
         yield db
     except OutboxUnavailableError as exc:
-        raise OutboxUnavailableError(_one_line(exc)) from None
+        raise OutboxUnavailableError(one_line(exc)) from None
     except down_errors() as exc:
         raise OutboxUnavailableError(
-            f"the outbox database {mask_url(url)} stopped answering: {_one_line(exc)}"
+            f"the outbox database {mask_url(url)} stopped answering: {one_line(exc)}"
         ) from None
     finally:
         with contextlib.suppress(Exception):  # a dead connection may refuse even that
             db.raw.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    """Drivers' messages span lines (libpq adds hints); a status line, a finding or a page cell is one."""
-    return " ".join(str(exc).split())
 
 
 def outbox_stats(db: Db | Any) -> OutboxStats:
@@ -168,16 +163,17 @@ def retry(db: Db | Any, job_ids: Sequence[str] = (), all_rows: bool = False) -> 
     hear it rather than see a smaller count.
     """
     db = _db(db)
-    ids = _chosen(job_ids, all_rows)
-    with _writing(db):
+    ids = chosen(job_ids, all_rows)
+    with db.transaction():
         if all_rows:
             return _count(db.execute(f"UPDATE {TABLE} SET stuck_reason = NULL, stuck_at = NULL"
                                      " WHERE stuck_reason IS NOT NULL"))  # fmt: skip
         found = _lock(db, ids)
         stuck = [job_id for job_id in ids if found[job_id]]
         for part in _chunks(stuck):
-            db.execute(f"UPDATE {TABLE} SET stuck_reason = NULL, stuck_at = NULL WHERE job_id IN ({_marks(part)})",
-                       part)  # fmt: skip
+            db.execute(
+                f"UPDATE {TABLE} SET stuck_reason = NULL, stuck_at = NULL WHERE job_id IN ({placeholders(part)})", part
+            )
         return len(stuck)
 
 
@@ -194,13 +190,13 @@ def delete(db: Db | Any, job_ids: Sequence[str] = (), all_rows: bool = False) ->
     that error too, with nothing changed.
     """
     db = _db(db)
-    ids = _chosen(job_ids, all_rows)
-    with _writing(db):
+    ids = chosen(job_ids, all_rows)
+    with db.transaction():
         if all_rows:
             return _count(db.execute(f"DELETE FROM {TABLE} WHERE stuck_reason IS NOT NULL"))
         _lock(db, ids)
         for part in _chunks(ids):
-            db.execute(f"DELETE FROM {TABLE} WHERE job_id IN ({_marks(part)})", part)
+            db.execute(f"DELETE FROM {TABLE} WHERE job_id IN ({placeholders(part)})", part)
         return len(ids)
 
 
@@ -211,7 +207,7 @@ def init(db: Db | Any) -> bool:
     (a table made by hand from an older schema) without touching the rows.
     """
     db = _db(db)
-    with _writing(db):
+    with db.transaction():
         existed = db.has_table()
         db.create_table()
     return not existed
@@ -221,7 +217,7 @@ def _db(db: Db | Any) -> Db:
     return db if isinstance(db, Db) else wrap(db)
 
 
-def _chosen(job_ids: Sequence[str], all_rows: bool) -> list[str]:
+def chosen(job_ids: Sequence[str], all_rows: bool) -> list[str]:
     if bool(job_ids) == all_rows:
         raise InvalidArgumentsError("give job ids or --all (not both)")
     return list(dict.fromkeys(job_ids))  # each id once, in the order given
@@ -239,7 +235,7 @@ def _lock(db: Db, ids: list[str]) -> dict[str, bool]:
     lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
     found: dict[str, bool] = {}
     for part in _chunks(ids):
-        sql = f"SELECT job_id, stuck_reason IS NOT NULL FROM {TABLE} WHERE job_id IN ({_marks(part)}){lock}"
+        sql = f"SELECT job_id, stuck_reason IS NOT NULL FROM {TABLE} WHERE job_id IN ({placeholders(part)}){lock}"
         found.update((str(job_id), bool(stuck)) for job_id, stuck in db.rows(sql, part))
     missing = [job_id for job_id in ids if job_id not in found]
     if missing:
@@ -255,29 +251,6 @@ def _unknown(ids: list[str]) -> NoSuchOutboxRowError:
     )
 
 
-@contextlib.contextmanager
-def _writing(db: Db) -> Iterator[None]:
-    """One transaction for a check and its change, committed at the end.
-
-    An application's sqlite3 connection already in a transaction, or a
-    SQLAlchemy Connection or Session, keeps the caller's transaction: the
-    change is then the caller's to commit, like an outbox row it writes.
-    """
-    if db.style == "format":
-        with db.raw.transaction():
-            yield
-    elif db.style == "qmark" and not db.raw.in_transaction:
-        db.execute("BEGIN IMMEDIATE")  # the write lock now: the relay cannot move a row between check and change
-        try:
-            yield
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    else:
-        yield
-
-
 def _row(row: Sequence[Any]) -> OutboxRow:
     row_id, job_id, job, created_at, reason, stuck_at, call = row
     return OutboxRow(int(row_id), str(job_id), str(job), float(created_at), reason,
@@ -291,7 +264,3 @@ def _count(cursor: Any) -> int:
 def _chunks(ids: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(ids), CHUNK):
         yield ids[start : start + CHUNK]
-
-
-def _marks(part: Sequence[Any]) -> str:
-    return ",".join("?" * len(part))

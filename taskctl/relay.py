@@ -44,7 +44,7 @@ from taskctl.connection import NO_REDIS_ERRORS, get_redis, unavailable
 from taskctl.enqueue import Prepared, batch_pipeline, confirm_replicated, queue_writes
 from taskctl.exceptions import RedisUnavailableError, TaskctlError
 from taskctl.outbox import decode
-from taskctl.outbox_db import CHANNEL, TABLE, Db, down_errors, open_url
+from taskctl.outbox_db import CHANNEL, TABLE, Db, down_errors, one_line, open_url, placeholders
 from taskctl.rqclasses import CatalogJob
 from taskctl.settings import Settings, get_settings, mask_url
 
@@ -85,17 +85,8 @@ class Relay:
     def database(self) -> Db:
         if self.db is None:
             db = open_url(self.url)
-            if db.dialect == "postgresql":
-                with db.raw.transaction():
-                    db.create_table()
-            else:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.create_table()
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+            with db.transaction():
+                db.create_table()
             self.db = db
             if db.dialect == "postgresql":
                 self._listener()  # before the first pass: a commit during it wakes the next wait
@@ -114,31 +105,21 @@ class Relay:
         db = self.database()
         limit = limit or self.settings.outbox_batch
         done = Pass()
-        if db.dialect == "postgresql":
-            with db.raw.transaction():
-                rows = db.rows(
-                    f"SELECT id, job_id, job, call FROM {TABLE} WHERE stuck_reason IS NULL ORDER BY id LIMIT ?"
-                    " FOR UPDATE SKIP LOCKED",
-                    (limit,),
-                )
-                deleted = self._move(db, rows, done)
-        else:
-            # A plain read first: an idle relay must not take the write lock the application's writers need.
-            if not db.rows(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE stuck_reason IS NULL)")[0][0]:
-                self.forget()
-                return done
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.rows(
-                    f"SELECT id, job_id, job, call FROM {TABLE} WHERE stuck_reason IS NULL ORDER BY id LIMIT ?",
-                    (limit,),
-                )
-                deleted = self._move(db, rows, done)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.raw.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        # SQLite: a plain read first, as an idle relay must not take the write lock the application's writers need.
+        if (
+            db.dialect == "sqlite"
+            and not db.rows(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE stuck_reason IS NULL)")[0][0]
+        ):
+            self.forget()
+            return done
+        # PostgreSQL: several relays share the rows; SQLite: the transaction holds the write lock already.
+        lock = " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
+        with db.transaction():
+            rows = db.rows(
+                f"SELECT id, job_id, job, call FROM {TABLE} WHERE stuck_reason IS NULL ORDER BY id LIMIT ?{lock}",
+                (limit,),
+            )
+            deleted = self._move(db, rows, done)
         if deleted:
             self._forget.append((time.monotonic(), deleted))
         self.forget()
@@ -167,7 +148,7 @@ class Relay:
         done.stuck += len(stuck)
         gone = [row_id for row_id in calls if row_id not in taken]
         if gone:
-            db.execute(f"DELETE FROM {TABLE} WHERE id IN ({','.join('?' * len(gone))})", gone)
+            db.execute(f"DELETE FROM {TABLE} WHERE id IN ({placeholders(gone)})", gone)
         return [mark(row_id, str(calls[row_id].job_id)) for row_id in gone]
 
     def _write(self, calls: dict[int, Prepared]) -> tuple[set[int], set[int]]:
@@ -180,16 +161,16 @@ class Relay:
         queue), at a fraction of the cost of one job at a time.
         """
         ids = {row_id: str(call.job_id) for row_id, call in calls.items()}
-        keys = [CatalogJob.key_for(job_id) for job_id in ids.values()]
-        marks = [mark(row_id, job_id) for row_id, job_id in ids.items()]
+        keys = {row_id: CatalogJob.key_for(job_id) for row_id, job_id in ids.items()}
+        marks = {row_id: mark(row_id, job_id) for row_id, job_id in ids.items()}
         try:
             with self.redis.pipeline() as pipeline:
                 while True:
                     try:
-                        pipeline.watch(*keys)  # type: ignore[no-untyped-call]
-                        relayed = pipeline.zmscore(RELAYED, marks)
+                        pipeline.watch(*keys.values())  # type: ignore[no-untyped-call]
+                        relayed = pipeline.zmscore(RELAYED, list(marks.values()))
                         fresh = [row_id for row_id, score in zip(ids, relayed, strict=True) if score is None]
-                        taken = {r for r in fresh if calls[r].unique and pipeline.exists(CatalogJob.key_for(ids[r]))}
+                        taken = {r for r in fresh if calls[r].unique and pipeline.exists(keys[r])}
                         fresh = [row_id for row_id in fresh if row_id not in taken]
                         pipeline.multi()
                         plain = [row_id for row_id in fresh if calls[row_id].due is None and not calls[row_id].unique]
@@ -200,7 +181,7 @@ class Relay:
                             if row_id not in plain:
                                 queue_writes(calls[row_id], self.redis, self.settings, pipeline)
                         if fresh:
-                            pipeline.zadd(RELAYED, dict.fromkeys((mark(r, ids[r]) for r in fresh), time.time()))
+                            pipeline.zadd(RELAYED, dict.fromkeys((marks[r] for r in fresh), time.time()))
                         pipeline.execute()
                         break
                     except WatchError:
@@ -264,8 +245,7 @@ def run(settings: Settings | None = None, stopping: Callable[[], bool] = lambda:
             except outage as exc:
                 side = "Redis" if isinstance(exc, RedisUnavailableError) else "the outbox database"
                 if down != side:
-                    # One line: psycopg's messages span several (a hint, a CONTEXT).
-                    log.error("relay: %s unavailable (%s); retrying", side, " ".join(str(exc).split()))
+                    log.error("relay: %s unavailable (%s); retrying", side, one_line(exc))
                     down = side
                 if side != "Redis":
                     relay.close()
