@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 import psutil
 from redis import Redis
 
-from bench import outbox
+from bench import free_port, outbox
 from bench.jobs import DONE_KEY, STAMPS_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from taskctl.stack import redis_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     env = dict(os.environ, REDIS_URL=url, TASKCTL_JOB_PACKAGES="jobs,bench.jobs",
                PYTHONPATH=str(ROOT))  # fmt: skip

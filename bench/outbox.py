@@ -28,7 +28,6 @@ Redis is the bench's own.
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from typing import IO, Any
 
 from redis import Redis
 
+from bench import free_port
 from taskctl.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,10 +87,7 @@ def postgres(workdir: Path) -> Iterator[str]:
     """A PostgreSQL server of the bench's own (tests.postgres: the pgserver wheel's), on a free port; its URL."""
     from tests.postgres import postgres_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    with postgres_server(port, workdir / "postgres") as server:
+    with postgres_server(free_port(), workdir / "postgres") as server:
         yield server.url
 
 

@@ -185,7 +185,7 @@ def submit(
 def queue_writes(prepared: Prepared, connection: Redis, settings: Settings, pipeline: Pipeline) -> CatalogJob:
     """Queue on ``pipeline`` the writes of a job without dependencies: on its queue, or to rq-scheduler if due later.
 
-    Sent by :func:`submit` in one round trip; the outbox relay sends many jobs' writes in one script.
+    Sent by :func:`submit` in one round trip; the outbox relay queues its delayed and unique rows' on its own.
     """
     if prepared.due is not None:
         return _schedule(prepared, connection, settings, pipeline)
