@@ -38,6 +38,7 @@ from taskctl.exceptions import SettingsError
 from taskctl.outbox_db import TABLE
 from taskctl.stack import redis_server, stop
 from tests.conftest import ROOT, free_port, wait_until_serving, worker_command
+from tests.effects import wait_for
 
 SMTP_DELAY = 3.0
 JOB_NAMES = {"send_email", "push_notification", "update_inventory", "process_order"}
@@ -143,13 +144,6 @@ def outbox_rows() -> list[tuple[Any, ...]]:
     """The shop database's committed outbox rows."""
     with closing(shop.connect()) as conn:
         return outbox_rows_in(conn)
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def stock(sku: str) -> int:

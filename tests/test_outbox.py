@@ -36,6 +36,7 @@ from taskctl.settings import get_settings
 from taskctl.stack import stop
 from taskctl.status import fetch_job
 from tests.conftest import ROOT, run_burst_worker
+from tests.effects import wait_for
 
 SCHEDULED = Scheduler.scheduled_jobs_key
 
@@ -191,13 +192,6 @@ def job_keys(redis: Redis) -> list[str]:
     return sorted(key.decode() for key in redis.scan_iter("rq:job:*"))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout:g} s"
-        time.sleep(0.05)
-
-
 # --- 1. commit and rollback, for every driver -------------------------------------------
 
 
@@ -305,7 +299,7 @@ def test_two_first_writers_on_postgresql_both_commit(pg: AppDb) -> None:
     written: list[outbox.OutboxHandle] = []
     other = threading.Thread(target=lambda: written.append(outbox.enqueue(second, "add", 2, 2)))
     other.start()
-    wait_until(lambda: pg.query("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0, 10, "the wait")
+    wait_for(lambda: pg.query("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0, 10, "the wait")
     first.commit()
     other.join(timeout=10)
     assert not other.is_alive()
@@ -656,7 +650,7 @@ def test_the_relay_process_on_postgresql_wakes_on_a_commit_and_stops_on_sigterm(
     pg: AppDb, redis: Redis, relay_process: Callable[[], subprocess.Popen[str]]
 ) -> None:
     process = relay_process()
-    wait_until(
+    wait_for(
         lambda: (
             process.poll() is not None
             or bool(pg.query("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN taskctl_outbox'")[0][0])
@@ -668,8 +662,8 @@ def test_the_relay_process_on_postgresql_wakes_on_a_commit_and_stops_on_sigterm(
 
     handle = write(pg, "send_email", "ann@example.com", "Woken", "-")
 
-    wait_until(lambda: queued(redis, "high") == [handle.id], 15, "the job in Redis")
-    wait_until(lambda: pg.rows() == [], 15, "the row deleted")
+    wait_for(lambda: queued(redis, "high") == [handle.id], 15, "the job in Redis")
+    wait_for(lambda: pg.rows() == [], 15, "the row deleted")
     stops_cleanly_on_sigterm(process)
 
 
@@ -677,13 +671,13 @@ def test_the_relay_process_on_sqlite_moves_a_commit_and_stops_on_sigterm(
     lite: AppDb, redis: Redis, relay_process: Callable[[], subprocess.Popen[str]]
 ) -> None:
     process = relay_process()
-    wait_until(lambda: process.poll() is not None or lite.has_table(), 30, "the relay creating the table")
+    wait_for(lambda: process.poll() is not None or lite.has_table(), 30, "the relay creating the table")
     assert process.poll() is None
 
     handle = write(lite, "send_email", "ann@example.com", "Polled", "-")
 
-    wait_until(lambda: queued(redis, "high") == [handle.id], 15, "the job in Redis")
-    wait_until(lambda: lite.rows() == [], 15, "the row deleted")
+    wait_for(lambda: queued(redis, "high") == [handle.id], 15, "the job in Redis")
+    wait_for(lambda: lite.rows() == [], 15, "the row deleted")
     stops_cleanly_on_sigterm(process)
 
 
