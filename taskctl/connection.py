@@ -67,7 +67,7 @@ def redis_from_url(
     target = parse_sentinel_url(url)
     if target is None:
         return Redis.from_url(url, **options)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
         list(target.instances),
         sentinel_kwargs={"password": sentinel_password or None, "socket_timeout": connect_timeout},
         db=target.db,
@@ -76,7 +76,7 @@ def redis_from_url(
         ssl=target.ssl,
         **options,
     )
-    master: Redis = sentinel.master_for(target.master)  # type: ignore[no-untyped-call]
+    master: Redis = sentinel.master_for(target.master)  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8.2
     return master
 
 

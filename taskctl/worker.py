@@ -71,6 +71,7 @@ from rq.defaults import (
 )
 from rq.exceptions import StopRequested
 from rq.executions import ExecutionRegistry
+from rq.logutils import blue, green
 from rq.rate_limit import RateLimitRegistry
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
@@ -573,6 +574,8 @@ class Worker(_Worker, rq.SimpleWorker):
         self._ahead_sent_at, self._ahead_started_at = 0.0, rq.utils.now()
         #: How many jobs the next step may start: doubled while jobs are short, up to the setting.
         self._claim, self._batch = 1, (0.0, 0)
+        #: The running job whose start line waits for its end (a short job, begun in a batch).
+        self._quiet_start: rq.job.Job | None = None
         self._prefetch = get_settings().prefetch
         #: The lease of a run a step starts: the heartbeat TTL of a job without a shorter timeout.
         self._step_lease = int(max(self.job_monitoring_interval, 1)) + self.heartbeat_grace
@@ -629,26 +632,65 @@ class Worker(_Worker, rq.SimpleWorker):
             self._claim = 1
         return self._claim
 
+    def _finalize_success(
+        self, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution, return_value: Any
+    ) -> None:
+        """RQ's, less what a plain job does not have: its end waits for the next step, with one log line.
+
+        A CatalogJob has no callbacks; a job with webhooks, one that returned a Retry, or one
+        with anything for RQ to do after it goes RQ's way.
+        """
+        if not _plain(job) or job.webhooks or isinstance(return_value, rq.Retry):
+            self.log_start_late(job, queue)
+            super()._finalize_success(job, queue, execution, return_value)
+            return
+        job.ended_at = rq.utils.now()
+        job._result = return_value
+        job._status = rq.job.JobStatus.FINISHED
+        self._ended_plainly(job, queue, execution)
+        quiet, self._quiet_start = self._quiet_start, None
+        if quiet is job:  # its start was not logged (a short job begun in a batch): one line says both
+            self._log_start(job, queue, "Job OK")
+        else:  # RQ's line
+            self.log.info("Worker %s: %s: %s (%s)", self.name, green(queue.name), blue("Job OK"), job.id)
+
+    def _finalize_failure(
+        self, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution, exc_info: Any
+    ) -> None:
+        self.log_start_late(job, queue)  # a failure's lines follow the line of the job's start
+        super()._finalize_failure(job, queue, execution, exc_info)
+
     def handle_job_success(self, job: rq.job.Job, queue: rq.Queue, started_job_registry: Any,
                            execution: rq.executions.Execution) -> None:  # fmt: skip
         if not _plain(job):
             super().handle_job_success(job, queue, started_job_registry, execution)
             return
+        self._ended_plainly(job, queue, execution)
+
+    def _ended_plainly(self, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution) -> None:
+        """A plain run that returned, kept for the next step to record (taskctl.hotpath)."""
         assert job.started_at is not None and job.ended_at is not None
         ttl = job.get_result_ttl(self.default_result_ttl)
-        try:
-            value = hotpath.encode_result(job.serializer, job._result)
-        except Exception:  # RQ's Result stores what it cannot serialize as this, and so does the step
-            value = hotpath.encode_result(job.serializer, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
         working = (job.ended_at - job.started_at).total_seconds()
         started_registry, finished_registry = self._registries(queue)
-        ended = hotpath.Ended(
-            job_id=job.id, execution_id=execution.id, started_registry=started_registry,
-            finished_registry=finished_registry, result_ttl=ttl,
-            finished_score="+inf" if ttl < 0 else str(rq.utils.current_timestamp() + ttl), return_value=value,
-            started_at=execution.created_at.timestamp(), ended_at=job.ended_at.timestamp(),
-            ended_at_text=rq.utils.utcformat(job.ended_at), working_seconds=working,
-        )  # fmt: skip
+        if ttl == 0:  # the job is deleted with its run: no result, no finished registry, no times
+            ended = hotpath.Ended(
+                job_id=job.id, execution_id=execution.id, started_registry=started_registry, finished_registry="",
+                result_ttl=0, finished_score="", return_value="", started_at=0.0, ended_at=0.0, ended_at_text="",
+                working_seconds=working,
+            )  # fmt: skip
+        else:
+            try:
+                value = hotpath.encode_result(job.serializer, job._result)
+            except Exception:  # RQ's Result stores what it cannot serialize as this, and so does the step
+                value = hotpath.encode_result(job.serializer, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
+            ended = hotpath.Ended(
+                job_id=job.id, execution_id=execution.id, started_registry=started_registry,
+                finished_registry=finished_registry, result_ttl=ttl,
+                finished_score="+inf" if ttl < 0 else str(rq.utils.current_timestamp() + ttl), return_value=value,
+                started_at=execution.created_at.timestamp(), ended_at=job.ended_at.timestamp(),
+                ended_at_text=rq.utils.utcformat(job.ended_at), working_seconds=working,
+            )  # fmt: skip
         with self._batch_lock:
             self._ended.append((ended, job, queue, execution))
             self.executions.pop(execution.id, None)
@@ -723,6 +765,7 @@ class Worker(_Worker, rq.SimpleWorker):
         self._state = rq.worker.WorkerStatus.BUSY
         job = CatalogJob(started.job_id, connection=self.connection)
         job.restore(started.job_hash)
+        job.taskctl_runs = started.token - 1  # the runs before this one: the hash counts this one already
         job._status = rq.job.JobStatus.STARTED
         job.last_heartbeat = started_at
         # Its working time counts from now, not from the step that started it with the jobs before it.
@@ -740,11 +783,29 @@ class Worker(_Worker, rq.SimpleWorker):
         queue = self._queue_of(started.queue_key)
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-        if self.log_job_description:
-            self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        if self._claim > 1:
+            # A step that started several jobs: they took under SHORT_JOB each, so the line
+            # at the start would come a millisecond before the one at the end. One line says
+            # both at the end, or the monitor logs the start if the job runs on (_JobMonitor).
+            self._quiet_start = job
         else:
-            self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+            self._quiet_start = None
+            self._log_start(job, queue)
         return job, queue
+
+    def _log_start(self, job: rq.job.Job, queue: rq.Queue, outcome: str = "") -> None:
+        """The line of a job's start, RQ's; with ``outcome``, the one line of a short job's start and end."""
+        end = f": {outcome}" if outcome else ""
+        if self.log_job_description:
+            self.log.info("Worker %s: %s: %s (%s)%s", self.name, queue.name, job.description, job.id, end)
+        else:
+            self.log.info("Worker %s: %s: %s%s", self.name, queue.name, job.id, end)
+
+    def log_start_late(self, job: rq.job.Job, queue: rq.Queue) -> None:
+        """From the monitor: a job begun in a batch runs on, so its start is logged after all."""
+        if self._quiet_start is job:
+            self._quiet_start = None
+            self._log_start(job, queue)
 
     def _give_back(self, patient: bool) -> None:
         """Put the jobs started ahead that did not begin back at the front of their queues (under the lock)."""
@@ -844,6 +905,7 @@ class _JobMonitor(threading.Thread):
             if overrun and self._running is running:
                 self._end_overrun(job, queue)
             if now - since >= self.TICK and self._running is running:
+                self.worker.log_start_late(job, queue)
                 self.worker.flush()  # a long job: the runs before it recorded, the jobs after it given back
             execution = self.worker.execution
             if now - max(since, beat_at) < self.worker.job_monitoring_interval or execution is None:
