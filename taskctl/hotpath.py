@@ -1,10 +1,11 @@
-"""A busy worker's way through its jobs: one Redis round trip per batch of jobs, one script.
+"""A busy worker's way through its jobs: two Redis round trips per batch of jobs, one script.
 
 RQ's worker spends about 50 commands in a dozen round trips on each job (claim,
 register the run, mark it started, heartbeat, record the result, clean up), and
 Redis's time per job is the ceiling of a whole fleet. Here a busy worker sends
 one script, ``STEP``, which records the runs that ended since the last one and
-starts the next jobs in priority order, server-side and atomically:
+starts the next jobs in priority order, server-side and atomically; then it reads
+the started jobs' hashes in one pipeline (``step`` says why not in the script):
 
 - the ends: each only while its run is still the job's current one and still
   ``started`` (the lease check of taskctl.lease, no WATCH needed inside a
@@ -74,12 +75,18 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local A = ARGV
 local claim, n_ended = tonumber(A[8]), tonumber(A[9])
 local E = 9 + claim
-local outcomes = {{}}
+local outcomes, at = {{}}, {{}}
+-- Each ended run's arguments: 4 for a run whose job keeps no result, 10 for one that does.
+local b = E
+for e = 1, n_ended do
+    at[e] = b
+    b = b + (A[b + 4] == '0' and 4 or 10)
+end
 -- A run with dependents is recorded RQ's way (it enqueues them): then nothing is done here.
 -- One EXISTS for all the runs (a set without members does not exist), each looked at only if one has them.
 if n_ended > 0 then
     local sets = {{}}
-    for e = 0, n_ended - 1 do sets[e + 1] = '{_JOB}' .. A[E + e * 10 + 1] .. ':dependents' end
+    for e = 1, n_ended do sets[e] = '{_JOB}' .. A[at[e] + 1] .. ':dependents' end
     if redis.call('EXISTS', unpack(sets)) > 0 then
         for e = 1, n_ended do outcomes[e] = redis.call('EXISTS', sets[e]) * {NOT_PLAIN} end
         return {{outcomes, {{}}}}
@@ -88,7 +95,7 @@ end
 local function add(t, k, v) local l = t[k]; if not l then l = {{}}; t[k] = l end; table.insert(l, v) end
 local unregister, doomed, ended_runs = {{}}, {{}}, {{}}
 for e = 0, n_ended - 1 do
-    local b = E + e * 10
+    local b = at[e + 1]
     local job_id, execution_id = A[b + 1], A[b + 2]
     local job_key = '{_JOB}' .. job_id
     local run = job_id .. ':' .. execution_id
@@ -100,7 +107,7 @@ for e = 0, n_ended - 1 do
     else
         outcomes[e + 1] = {RECORDED}
         add(unregister, A[b + 3], run)
-        local ttl = tonumber(A[b + 5])
+        local ttl = tonumber(A[b + 4])
         if ttl == 0 then  -- the job and everything of it, this run's records included
             for _, k in ipairs({{job_key, '{_EXECUTION}' .. run, '{_EXECUTIONS}' .. job_id, '{_RESULTS}' .. job_id}}) do
                 table.insert(doomed, k)
@@ -116,7 +123,7 @@ for e = 0, n_ended - 1 do
                 table.insert(entry, v)
             end
             redis.call('XADD', results, 'MAXLEN', '~', '10', '*', unpack(entry))
-            redis.call('ZADD', A[b + 4], A[b + 6], job_id)
+            redis.call('ZADD', A[b + 5], A[b + 6], job_id)
             if ttl > 0 then
                 redis.call('EXPIRE', results, ttl)
                 redis.call('EXPIRE', job_key, ttl)
@@ -287,12 +294,10 @@ def step(
         successes or "", repr(working_seconds) if successes else "", len(execution_ids), len(ended), *execution_ids,
     ]  # fmt: skip
     for run in ended:
-        if run.result_ttl == 0:  # deleted with its run: the step reads none of the rest
-            args += [run.job_id, run.execution_id, run.started_registry, "", 0, "", "", "", "", ""]
-        else:
-            args += [run.job_id, run.execution_id, run.started_registry, run.finished_registry, run.result_ttl,
-                     run.finished_score, run.return_value, repr(run.started_at), repr(run.ended_at),
-                     run.ended_at_text]  # fmt: skip
+        args += [run.job_id, run.execution_id, run.started_registry, run.result_ttl]
+        if run.result_ttl != 0:  # a job deleted with its run needs none of the rest
+            args += [run.finished_registry, run.finished_score, run.return_value, repr(run.started_at),
+                     repr(run.ended_at), run.ended_at_text]  # fmt: skip
     keys = [worker_key, worker_executions_key, *(key for pair in queues for key in pair)]
     outcomes, started = lua(connection, STEP)(keys=keys, args=args, client=connection)
     jobs = [Started(as_text(queue), as_text(job_id), {}, int(n), as_text(run)) for queue, job_id, n, run in started]

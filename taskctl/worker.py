@@ -5,9 +5,10 @@ taskctl.worker.Worker -n N`` (the Procfile's) or ``rq worker ... -w
 taskctl.worker.Worker``. Two classes:
 
 - ``Worker`` (the default) runs jobs in its own process, as Celery's prefork
-  children do: no fork per job, and while busy one Redis round trip per job (its
-  step records a job's success and starts the next: taskctl.hotpath), so it runs
-  short jobs about thirty times faster than RQ's forking worker. A monitor thread
+  children do: no fork per job, and while busy two Redis round trips per batch of
+  jobs (its step records the jobs' successes and starts the next ones, up to 8 while
+  jobs are short: taskctl.hotpath), so it runs short jobs tens of times faster
+  than RQ's forking worker. A monitor thread
   keeps the job's heartbeat and ends the process (after recording the failure)
   when a job ignores its timeout; ``rq worker-pool`` replaces a worker process
   that died.

@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import rq
 from redis import Redis
@@ -200,3 +201,79 @@ def test_behind_a_long_job_the_jobs_its_step_started_are_given_back_to_other_wor
         first.terminate()
         first.wait(timeout=15)
     assert redis.hget(CatalogJob.key_for(ids[43]), "status") == b"finished"
+
+
+def test_short_jobs_begun_in_a_batch_log_one_line_each_and_a_long_one_among_them_its_start_while_it_runs(
+    configured: str, redis: Redis, tmp_path: Path
+) -> None:
+    """Two lines per job, start and end, are a job run alone; a job of a batch of short ones logs one.
+
+    Its start would come a millisecond before its end; one line, at the end, names the job,
+    its id and "Job OK". One that turns out long among them has its start logged by the
+    worker's monitor while it runs (within about half a second), then RQ's "Job OK" line.
+    """
+    log = tmp_path / "runs.log"
+    calls = [prepare("tally", (str(log), f"q{n}", 0)) for n in range(60)]
+    calls[40] = prepare("tally", (str(log), "long", 2))
+    ids = enqueue_many(calls, redis)
+    output = tmp_path / "worker.log"
+    with output.open("w") as out:
+        worker = subprocess.Popen(worker_command("default"), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "start long " in log.read_text() if log.exists() else False, 30, "the long job started")
+        long_id = ids[40]
+        wait_for(lambda: long_id in output.read_text(), 2.0, "the long job's start line, while it runs")
+        assert "end long " not in log.read_text()
+        assert f"({long_id}): Job OK" not in output.read_text()
+        wait_for(lambda: all(redis.hget(CatalogJob.key_for(i), "status") == b"finished" for i in ids), 30, "all done")
+        time.sleep(0.5)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+    lines = output.read_text().splitlines()
+    per_job = {i: [line for line in lines if i in line] for i in ids}
+    assert all(per_job.values()), "every job is logged"
+    started_line, ended_line = per_job[long_id]  # its start while it ran, then RQ's end line
+    assert "'long', 2)" in started_line and started_line.endswith(f"({long_id})")
+    assert ended_line.endswith(f"Job OK ({long_id})")
+    single = [i for i, found in per_job.items() if len(found) == 1]
+    assert len(single) >= 40, "most of the short jobs were begun in batches"
+    for job_id in single:
+        assert f"'q{ids.index(job_id)}', 0) ({job_id}): Job OK" in per_job[job_id][0]
+    assert all(len(found) == 2 and found[1].endswith(f"Job OK ({i})") for i, found in per_job.items()
+               if i not in single)  # fmt: skip
+
+
+class _DeletesBeforeReading(Redis):
+    """A client that deletes one job's hash just before the step's pipeline reads the started jobs' hashes.
+
+    It stands in for another client deleting the job between the two round trips of a step.
+    """
+
+    victim = ""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if self.victim:
+            Redis.delete(self, CatalogJob.key_for(self.victim))
+        return super().pipeline(transaction, shard_hint)
+
+
+def test_a_job_deleted_between_the_steps_script_and_the_read_of_its_hash_is_not_run_and_leaves_no_run(
+    configured: str, redis: Redis
+) -> None:
+    queue = Queue("default", connection=redis)
+    ids = [enqueue_call("add", (n, 1)).id for n in range(3)]
+    registry, index = queue.started_job_registry.key, "rq:worker:test:executions"
+    client = _DeletesBeforeReading.from_url(configured)
+    client.victim = ids[1]
+    outcomes, started = hotpath.step(
+        client, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
+        started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
+        successes=0, working_seconds=0.0,
+    )  # fmt: skip
+    assert (outcomes, [s.job_id for s in started]) == ([], [ids[0], ids[2]])
+    assert all(s.job_hash[b"status"] == b"started" for s in started)
+    assert {m.decode() for m in redis.zrange(registry, 0, -1)} == {f"{ids[0]}:r1", f"{ids[2]}:r3"}
+    assert {m.decode() for m in redis.smembers(index)} == {f"{ids[0]}:r1", f"{ids[2]}:r3"}
+    assert not redis.exists(f"rq:execution:{ids[1]}:r2", f"rq:executions:{ids[1]}", CatalogJob.key_for(ids[1]))
+    assert redis.llen(queue.key) == 0
