@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import inspect
 import logging
 import multiprocessing
 import os
@@ -405,6 +406,27 @@ class _Worker(rq.worker.BaseWorker):
             super().teardown()  # type: ignore[no-untyped-call]
         except REDIS_DOWN_ERRORS:
             self.log.warning("Worker %s: stopping while Redis cannot be reached; its key expires by itself", self.name)
+
+    def unsubscribe(self) -> None:
+        """RQ's, with the stop of its pubsub thread bounded.
+
+        redis-py 8.2's PubSubWorkerThread.stop() waits for the thread without a timeout,
+        and the thread, having read the reply to the UNSUBSCRIBE sent just before, may be
+        waiting up to RQ's 60 s for a subscription again: a burst worker then hung a
+        minute at exit (seen under load, one run in three). It is a daemon thread: one
+        left waiting ends with the process.
+        """
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub.unsubscribe()
+        if "timeout" in inspect.signature(thread.stop).parameters:
+            thread.stop(timeout=1)
+        else:  # redis-py before 8.2: stop() does not wait
+            thread.stop()
+            thread.join(timeout=1)
+        self.pubsub.close()
 
     def serialize(self) -> dict[str, Any]:
         # RQ's worker hash, plus what this worker is: so that workers that are not

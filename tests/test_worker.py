@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
+from taskctl.worker import Worker
 from tests.conftest import BIN, ROOT, taskctl
+from tests.effects import wait_for
 from tests.test_enqueue_cli import job_id_from
 
 
@@ -43,3 +47,18 @@ def test_the_container_images_install_carries_the_pth_file_that_makes_plain_rq_t
     (wheel,) = tmp_path.glob("taskctl-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("taskctl_rq.pth") == (ROOT / "taskctl_rq.pth").read_bytes()
+
+
+def test_a_worker_stops_its_pubsub_thread_at_once_even_when_the_thread_already_read_the_unsubscribe(
+    configured: str, redis: Redis
+) -> None:
+    """redis-py 8.2 waits for the thread with no timeout, and RQ gives the thread 60 s: a burst worker hung a minute."""
+    worker = Worker(["default"], connection=redis)
+    worker.subscribe()
+    wait_for(lambda: worker.pubsub.subscribed and worker.pubsub_thread.is_alive(), 10, "the pubsub thread")
+    worker.pubsub.unsubscribe()  # the thread reads the reply, then waits for a subscription again
+    wait_for(lambda: not worker.pubsub.subscribed, 10, "the thread to read the UNSUBSCRIBE's reply")
+    time.sleep(0.2)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 3
