@@ -44,13 +44,19 @@ so does an idle worker, which blocks until a job arrives (``Queue.dequeue_any``)
 from __future__ import annotations
 
 from base64 import b64encode
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import rq.executions
 import rq.job
 import rq.results
 from redis import Redis
+from redis.commands.core import Script
+from redis.connection import Connection
+from redis.exceptions import NoScriptError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.utils import as_text
 
@@ -64,7 +70,7 @@ RECORDED, RECORDED_BEFORE, LEASE_LOST, JOB_GONE, NOT_PLAIN = 1, 2, -1, -2, 3
 _JOB = rq.job.Job.redis_job_namespace_prefix
 _EXECUTION = f"{RQ_KEY_PREFIX}:execution:"  # as rq.executions.Execution.key has it
 _EXECUTIONS = rq.executions.ExecutionRegistry.key_template.format("")
-_RESULTS = rq.results.Result.get_key("")  # type: ignore[no-untyped-call]
+_RESULTS = rq.results.Result.get_key("")  # type: ignore[no-untyped-call,unused-ignore]
 
 #: KEYS: the worker's hash, the worker's execution index, then for each queue in priority
 #: order the queue and its started registry. ARGV: see ``step``. Returns the outcome of
@@ -299,20 +305,70 @@ def step(
             args += [run.finished_registry, run.finished_score, run.return_value, repr(run.started_at),
                      repr(run.ended_at), run.ended_at_text]  # fmt: skip
     keys = [worker_key, worker_executions_key, *(key for pair in queues for key in pair)]
-    outcomes, started = lua(connection, STEP)(keys=keys, args=args, client=connection)
-    jobs = [Started(as_text(queue), as_text(job_id), {}, int(n), as_text(run)) for queue, job_id, n, run in started]
+    with _connection(connection) as link:
+        outcomes, started = _evalsha(link, lua(connection, STEP), keys, args)
+        jobs = [Started(as_text(queue), as_text(job_id), {}, int(n), as_text(run)) for queue, job_id, n, run in started]
+        if jobs:
+            _read_hashes(link, jobs)
     if jobs:
-        with connection.pipeline(transaction=False) as pipeline:
-            for job in jobs:
-                pipeline.hgetall(_JOB + job.job_id)
-            for job, found in zip(jobs, pipeline.execute(), strict=True):
-                job.job_hash = found
         gone = [job for job in jobs if not job.job_hash]
         if gone:
             registries = dict(queues)
             give_back(connection, worker_executions_key, [(job, registries[job.queue_key]) for job in gone])
             jobs = [job for job in jobs if job.job_hash]
     return [int(outcome) for outcome in outcomes], jobs
+
+
+@contextmanager
+def _connection(connection: Redis) -> Iterator[Connection]:
+    """One of the client's pooled connections, for commands sent and read without redis-py's layers.
+
+    The step is a busy worker's every round trip: redis-py's encoding of each argument,
+    its retries, its pipeline objects and its metrics cost the worker about as much CPU
+    as the rest of a no-op job's path. A failure drops the connection, as redis-py
+    does, and reaches the caller (taskctl.worker waits for Redis and sends the step again).
+    """
+    pool = connection.connection_pool
+    link = pool.get_connection()
+    try:
+        yield link
+    except BaseException:
+        link.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+        raise
+    finally:
+        pool.release(link)
+
+
+def _evalsha(link: Connection, script: Script, keys: list[str], args: list[Any]) -> Any:
+    """The script's reply, loading it first if the server lacks it (a restart, a failover)."""
+    for _ in range(2):
+        _send(link, (b"EVALSHA", script.sha, len(keys), *keys, *args))
+        try:
+            return link.read_response()
+        except NoScriptError:
+            _send(link, (b"SCRIPT", b"LOAD", script.script))
+            link.read_response()
+    raise NoScriptError(f"the server did not keep script {script.sha}")
+
+
+def _read_hashes(link: Connection, jobs: list[Started]) -> None:
+    """Each started job's hash, as the step left it, in one round trip."""
+    _send(link, *((b"HGETALL", _JOB + job.job_id) for job in jobs))
+    for job in jobs:
+        job.job_hash = _as_dict(link.read_response())
+
+
+def _send(link: Connection, *commands: tuple[Any, ...]) -> None:
+    """Commands in one write, packed by hiredis from their arguments as they are (str, bytes, int)."""
+    packed = b"".join(hiredis.pack_command(command) for command in commands)
+    link.send_packed_command([packed])  # type: ignore[no-untyped-call,unused-ignore]
+
+
+def _as_dict(reply: Any) -> dict[bytes, bytes]:
+    """A hash as RESP3 returns it (a map), or as RESP2 does (a flat list of fields and values)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def give_back(connection: Redis, worker_executions_key: str, runs: list[tuple[Started, str]]) -> int:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import rq
 from redis import Redis
 
@@ -244,30 +245,22 @@ def test_short_jobs_begun_in_a_batch_log_one_line_each_and_a_long_one_among_them
                if i not in single)  # fmt: skip
 
 
-class _DeletesBeforeReading(Redis):
-    """A client that deletes one job's hash just before the step's pipeline reads the started jobs' hashes.
-
-    It stands in for another client deleting the job between the two round trips of a step.
-    """
-
-    victim = ""
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        if self.victim:
-            Redis.delete(self, CatalogJob.key_for(self.victim))
-        return super().pipeline(transaction, shard_hint)
-
-
 def test_a_job_deleted_between_the_steps_script_and_the_read_of_its_hash_is_not_run_and_leaves_no_run(
-    configured: str, redis: Redis
+    configured: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = Queue("default", connection=redis)
     ids = [enqueue_call("add", (n, 1)).id for n in range(3)]
     registry, index = queue.started_job_registry.key, "rq:worker:test:executions"
-    client = _DeletesBeforeReading.from_url(configured)
-    client.victim = ids[1]
+    read_hashes = hotpath._read_hashes
+
+    def deleted_first(link: Any, jobs: list[hotpath.Started]) -> None:
+        """Another client deletes one job between the step's two round trips."""
+        redis.delete(CatalogJob.key_for(ids[1]))
+        read_hashes(link, jobs)
+
+    monkeypatch.setattr(hotpath, "_read_hashes", deleted_first)
     outcomes, started = hotpath.step(
-        client, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
+        redis, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
         started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
         successes=0, working_seconds=0.0,
     )  # fmt: skip
@@ -277,3 +270,24 @@ def test_a_job_deleted_between_the_steps_script_and_the_read_of_its_hash_is_not_
     assert {m.decode() for m in redis.smembers(index)} == {f"{ids[0]}:r1", f"{ids[2]}:r3"}
     assert not redis.exists(f"rq:execution:{ids[1]}:r2", f"rq:executions:{ids[1]}", CatalogJob.key_for(ids[1]))
     assert redis.llen(queue.key) == 0
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_step_loads_its_script_again_when_the_server_lost_it_and_reads_hashes_in_either_protocol(
+    configured: str, redis: Redis, protocol: int
+) -> None:
+    queue = Queue("default", connection=redis)
+    ids = [enqueue_call("add", (n, 1)).id for n in range(2)]
+    registry, index = queue.started_job_registry.key, "rq:worker:test:executions"
+    client = Redis.from_url(configured, protocol=protocol)
+    redis.script_flush()  # as after a restart, or a failover to a replica that never saw it
+    _, started = hotpath.step(
+        client, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2"],
+        started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
+        successes=0, working_seconds=0.0,
+    )  # fmt: skip
+    assert [s.job_id for s in started] == ids
+    assert [(s.job_hash[b"status"], s.job_hash[b"worker_name"], s.token) for s in started] == [
+        (b"started", b"test", 1)
+    ] * 2
+    assert CatalogJob.fetch(ids[0], connection=redis).get_status() == "started"
