@@ -310,12 +310,11 @@ def step(
         jobs = [Started(as_text(queue), as_text(job_id), {}, int(n), as_text(run)) for queue, job_id, n, run in started]
         if jobs:
             _read_hashes(link, jobs)
-    if jobs:
-        gone = [job for job in jobs if not job.job_hash]
-        if gone:
-            registries = dict(queues)
-            give_back(connection, worker_executions_key, [(job, registries[job.queue_key]) for job in gone])
-            jobs = [job for job in jobs if job.job_hash]
+    gone = [job for job in jobs if not job.job_hash]
+    if gone:
+        registries = dict(queues)
+        give_back(connection, worker_executions_key, [(job, registries[job.queue_key]) for job in gone])
+        jobs = [job for job in jobs if job.job_hash]
     return [int(outcome) for outcome in outcomes], jobs
 
 
