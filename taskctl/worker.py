@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import inspect
 import logging
 import multiprocessing
@@ -73,7 +74,7 @@ from rq.defaults import (
 )
 from rq.exceptions import StopRequested
 from rq.executions import ExecutionRegistry
-from rq.logutils import blue, green
+from rq.logutils import ColorizingStreamHandler, blue, green
 from rq.rate_limit import RateLimitRegistry
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
@@ -99,6 +100,7 @@ from taskctl.rqclasses import (
     retries_owed,
 )
 from taskctl.settings import get_settings
+from taskctl.timeouts import AlarmDeathPenalty
 
 PR_SET_PDEATHSIG = 1
 #: How `rq worker-pool` names its workers (random hex); taskctl names them after host and pid.
@@ -585,6 +587,8 @@ class Worker(_Worker, rq.SimpleWorker):
     ``rq worker-pool`` starts a new worker. Where that is likely, use ForkingWorker.
     """
 
+    death_penalty_class = AlarmDeathPenalty
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if multiprocessing.parent_process() is not None:
@@ -736,7 +740,7 @@ class Worker(_Worker, rq.SimpleWorker):
                 outcomes, started = hotpath.step(
                     self.connection, self.key, self.executions_key,
                     [(q.key, self._registries(q)[0]) for q in self._ordered_queues], self.name,
-                    ended=[run[0] for run in ended], execution_ids=[uuid.uuid4().hex for _ in range(claim)],
+                    ended=[run[0] for run in ended], execution_ids=_execution_ids(claim),
                     started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
                     lease_seconds=self._step_lease, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
                     successes=self._successes if stats else 0, working_seconds=self._working_seconds,
@@ -787,6 +791,8 @@ class Worker(_Worker, rq.SimpleWorker):
         """A job a step started, as RQ's start would have left it, and its queue."""
         self._state = rq.worker.WorkerStatus.BUSY
         job = CatalogJob(started.job_id, connection=self.connection)
+        for field in (b"started_at", b"last_heartbeat"):  # as the step wrote them: set below, not parsed
+            started.job_hash.pop(field, None)
         job.restore(started.job_hash)
         job.taskctl_runs = started.token - 1  # the runs before this one: the hash counts this one already
         job._status = rq.job.JobStatus.STARTED
@@ -1000,6 +1006,12 @@ class ForkingWorker(_Worker, rq.Worker):
             self.lease.end()
 
 
+def _execution_ids(count: int) -> list[str]:
+    """Run ids as RQ makes them (32 hex digits, 128 random bits), from one read of the system's randomness."""
+    random = os.urandom(16 * count).hex()
+    return [random[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
 def _plain(job: rq.job.Job) -> bool:
     """A success the step records (taskctl.hotpath): a catalog job's run, with nothing for RQ to do after it."""
     return (
@@ -1082,20 +1094,37 @@ def _lighten_logging() -> None:
 
     Python's logging documents these switches as its optimisations; the caller's frame
     is a walk up the stack, for each of a busy worker's two lines per job (about 2 µs a
-    line). The thread stays: _ThreadFilter reads it.
+    line). The thread stays: _ThreadFilter reads it. And RQ's handlers, writing to
+    anything but a terminal, format as logging's own do (see _plain_format).
     """
-    formats = " ".join(
-        str(getattr(handler.formatter, "_fmt", "") or "")
+    handlers = [
+        handler
         for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
         if isinstance(logger, logging.Logger)
         for handler in logger.handlers
-    )
+    ]
+    formats = " ".join(str(getattr(handler.formatter, "_fmt", "") or "") for handler in handlers)
     if not re.search(r"%\((pathname|filename|module|funcName|lineno|stack_info)\)", formats):
         logging._srcfile = None
     if "%(process)" not in formats:
         logging.logProcesses = False
     if "%(processName)" not in formats:
         logging.logMultiprocessing = False
+    for handler in handlers:
+        if isinstance(handler, ColorizingStreamHandler):
+            _plain_format(handler)
+
+
+def _plain_format(handler: ColorizingStreamHandler) -> None:
+    """RQ's handler asks its stream ``isatty()`` at every record, a system call: asked once here.
+
+    On a terminal RQ's format stays. Elsewhere (a pipe, a file, journald: a deployed
+    worker) RQ's own format is logging's, which it then calls without the question.
+    """
+    isatty = getattr(handler.stream, "isatty", None)
+    with contextlib.suppress(ValueError, OSError):  # a closed stream: RQ's format stays
+        if not (isatty and isatty()):
+            handler.format = functools.partial(logging.StreamHandler.format, handler)  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

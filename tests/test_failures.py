@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 from pathlib import Path
 
 import pytest
 from redis import Redis
+from rq.timeouts import JobTimeoutException
 
 from taskctl.connection import connect
 from taskctl.enqueue import enqueue_call
 from taskctl.exceptions import InvalidArgumentsError
 from taskctl.retry import backoff_intervals
 from taskctl.status import fetch_job, report, wait_for
+from taskctl.timeouts import AlarmDeathPenalty
 from tests.conftest import run_burst_worker, taskctl
 from tests.test_enqueue_cli import job_id_from
 
@@ -64,6 +69,40 @@ def test_a_job_that_overruns_its_timeout_is_stopped_and_the_attempt_counts(confi
     status = fields(taskctl("status", job_id).output)
     assert (status["status"], status["attempts"]) == ("failed", "2")
     assert "JobTimeoutException" in status["error"]
+
+
+def test_a_job_that_installed_its_own_alarm_handler_does_not_take_the_next_jobs_timeout(configured: str) -> None:
+    # The worker installs its SIGALRM handler once per process (taskctl.timeouts), not before every job.
+    first = job_id_from(taskctl("enqueue", "own_alarm_handler").output)
+    second = job_id_from(taskctl("enqueue", "slow", "30", "--job-timeout", "1", "--retries", "0").output)
+
+    run_burst_worker()
+
+    assert fields(taskctl("status", first).output)["status"] == "finished"
+    status = fields(taskctl("status", second).output)
+    assert status["status"] == "failed"
+    # Raised in the job by the alarm, not the monitor's end of a process whose job ignored it.
+    assert status["error"] == "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (1 seconds)"
+
+
+def test_the_death_penalty_raises_in_the_job_and_an_alarm_between_jobs_is_ignored() -> None:
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    try:
+        started = time.monotonic()
+        with (
+            pytest.raises(JobTimeoutException, match="maximum timeout value \\(1 seconds\\)"),
+            AlarmDeathPenalty(1, JobTimeoutException),
+        ):
+            time.sleep(5)
+        assert time.monotonic() - started < 3
+
+        with AlarmDeathPenalty(5, JobTimeoutException):
+            pass
+        os.kill(os.getpid(), signal.SIGALRM)  # no penalty armed: RQ's default handler would end the process
+        time.sleep(0.1)  # a signal's Python handler runs at the next bytecode; this one raises nothing
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_retry_with_backoff_waits_then_runs_on_the_standard_worker(worker: object, tmp_path: Path) -> None:

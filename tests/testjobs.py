@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,13 @@ def slow(seconds: float) -> float:
     """Sleep, to keep a worker busy."""
     time.sleep(seconds)
     return seconds
+
+
+@job(retries=0)
+def own_alarm_handler() -> str:
+    """Install a SIGALRM handler of its own and leave it, as code that times itself out may."""
+    signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    return "installed"
 
 
 def touch(path: str) -> None:
