@@ -27,6 +27,9 @@ first one wait for it a few milliseconds at most. A job started with others that
 has not begun when the one before it runs long goes back to the front of its
 queue (``GIVE_BACK``), for any worker; a worker that dies holding such jobs holds
 them as it holds its running one, under a lease, and they are recovered with it.
+While a batch's last two jobs run, the worker's next step is on its way
+(``send_step``, whose replies are read as the worker gets to them: ``SentStep``),
+so that a busy worker seldom waits for Redis; it then holds one batch more.
 
 What tools read is RQ's data model, field for field (rq-dashboard, ``rq info``,
 ``Job.fetch``, ``job.results()``, ``taskctl status``), with one difference of
@@ -267,7 +270,19 @@ def encode_result(serializer: Any, value: Any) -> str:
     return "" if value is None else b64encode(serializer.dumps(value)).decode()
 
 
-def step(
+def step(connection: Redis, *args: Any, **kwargs: Any) -> tuple[list[int], list[Started]]:
+    """Record the ``ended`` runs and start up to one job per execution id, from ``queues`` in priority order.
+
+    ``queues`` are (queue, started registry) keys. Returns the outcome of each ended
+    run (RECORDED and the others) and the jobs started, in queue order. When one
+    ended run has dependents, its outcome is NOT_PLAIN, nothing at all is done and
+    every other outcome is 0: that run is to be recorded RQ's way, then the rest again.
+    The arguments are ``send_step``'s; this waits for the replies.
+    """
+    return send_step(connection, *args, **kwargs).collect()
+
+
+def send_step(
     connection: Redis,
     worker_key: str,
     worker_executions_key: str,
@@ -282,19 +297,8 @@ def step(
     set_busy: bool,
     successes: int,
     working_seconds: float,
-) -> tuple[list[int], list[Started]]:
-    """Record the ``ended`` runs and start up to one job per execution id, from ``queues`` in priority order.
-
-    ``queues`` are (queue, started registry) keys. Returns the outcome of each ended
-    run (RECORDED and the others) and the jobs started, in queue order. When one
-    ended run has dependents, its outcome is NOT_PLAIN, nothing at all is done and
-    every other outcome is 0: that run is to be recorded RQ's way, then the rest again.
-
-    The started jobs' hashes are read in a second round trip, a pipeline of HGETALLs:
-    read inside the script, each hash became a Lua table and then a reply again, which
-    cost Redis about 8 µs a job, a fifth of all it spends on one. A job deleted between
-    the two (its hash gone) is not run: its run's records go as a given-back run's do.
-    """
+) -> SentStep:
+    """Send a step (see ``step``) without waiting for its reply: the worker runs a job meanwhile."""
     args: list[Any] = [
         started_at_text, repr(started_at), lease_seconds, worker_name, "1" if set_busy else "",
         successes or "", repr(working_seconds) if successes else "", len(execution_ids), len(ended), *execution_ids,
@@ -305,54 +309,102 @@ def step(
             args += [run.finished_registry, run.finished_score, run.return_value, repr(run.started_at),
                      repr(run.ended_at), run.ended_at_text]  # fmt: skip
     keys = [worker_key, worker_executions_key, *(key for pair in queues for key in pair)]
-    with _connection(connection) as link:
-        outcomes, started = _evalsha(link, lua(connection, STEP), keys, args)
-        jobs = [Started(as_text(queue), as_text(job_id), {}, int(n), as_text(run)) for queue, job_id, n, run in started]
-        if jobs:
-            _read_hashes(link, jobs)
-    gone = [job for job in jobs if not job.job_hash]
-    if gone:
-        registries = dict(queues)
-        give_back(connection, worker_executions_key, [(job, registries[job.queue_key]) for job in gone])
-        jobs = [job for job in jobs if job.job_hash]
-    return [int(outcome) for outcome in outcomes], jobs
+    sent = SentStep(connection, lua(connection, STEP), keys, args, dict(queues))
+    sent.send()
+    return sent
 
 
-@contextmanager
-def _connection(connection: Redis) -> Iterator[Connection]:
-    """One of the client's pooled connections, for commands sent and read without redis-py's layers.
+class SentStep:
+    """A step on its way: its two round trips, each read when the worker gets to it.
 
-    The step is a busy worker's every round trip: redis-py's encoding of each argument,
-    its retries, its pipeline objects and its metrics cost the worker about as much CPU
-    as the rest of a no-op job's path. A failure drops the connection, as redis-py
-    does, and reaches the caller (taskctl.worker waits for Redis and sends the step again).
+    The script's reply is read first (``advance``), and the started jobs' hashes are
+    asked for in the same go; ``collect`` reads them. The hashes are read in a round trip of
+    their own, a pipeline of HGETALLs: read inside the script, each hash became a Lua
+    table and then a reply again, which cost Redis about 8 µs a job, a fifth of all it
+    spends on one. A job deleted between the two (its hash gone) is not run: its run's
+    records go as a given-back run's do.
+
+    The connection is the step's alone until it is collected; whatever fails drops it
+    (redis-py's way) and reaches the caller, for whom the step may or may not have run.
     """
-    pool = connection.connection_pool
-    link = pool.get_connection()
-    try:
-        yield link
-    except BaseException:
-        link.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
-        raise
-    finally:
-        pool.release(link)
 
+    def __init__(
+        self, connection: Redis, script: Script, keys: list[str], args: list[Any], registries: dict[str, str]
+    ) -> None:
+        self.connection, self._script, self._keys, self._args, self._registries = (
+            connection, script, keys, args, registries,
+        )  # fmt: skip
+        self._pool = connection.connection_pool
+        self._link: Connection | None = None
+        self.outcomes: list[int] | None = None
+        self.jobs: list[Started] = []
 
-def _evalsha(link: Connection, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """The script's reply, loading it first if the server lacks it (a restart, a failover)."""
-    for _ in range(2):
-        _send(link, (b"EVALSHA", script.sha, len(keys), *keys, *args))
+    def send(self) -> None:
+        self._link = self._pool.get_connection()
+        with self._failing():
+            _send(self._link, self._evalsha())
+
+    def advance(self) -> None:
+        """Read the script's reply, and ask for the started jobs' hashes."""
+        if self.outcomes is not None:
+            return
+        assert self._link is not None
+        with self._failing():
+            try:
+                outcomes, started = self._link.read_response()
+            except NoScriptError:  # a restart, a failover: loaded, and the step sent again
+                _send(self._link, (b"SCRIPT", b"LOAD", self._script.script), self._evalsha())
+                self._link.read_response()
+                outcomes, started = self._link.read_response()
+            self.outcomes = [int(outcome) for outcome in outcomes]
+            self.jobs = [Started(as_text(queue), as_text(job_id), {}, int(n), as_text(run))
+                         for queue, job_id, n, run in started]  # fmt: skip
+            if self.jobs:
+                _ask_hashes(self._link, self.jobs)
+            else:
+                self._release()
+
+    def collect(self) -> tuple[list[int], list[Started]]:
+        """The outcome of each ended run, and the jobs started (their hashes read)."""
+        self.advance()
+        if self._link is not None:
+            with self._failing():
+                _read_hashes(self._link, self.jobs)
+            self._release()
+        gone = [job for job in self.jobs if not job.job_hash]
+        if gone:
+            give_back(self.connection, self._keys[1], [(job, self._registries[job.queue_key]) for job in gone])
+            self.jobs = [job for job in self.jobs if job.job_hash]
+        assert self.outcomes is not None
+        return self.outcomes, self.jobs
+
+    def _evalsha(self) -> tuple[Any, ...]:
+        return (b"EVALSHA", self._script.sha, len(self._keys), *self._keys, *self._args)
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A failure drops the connection, as redis-py does, and reaches the caller."""
         try:
-            return link.read_response()
-        except NoScriptError:
-            _send(link, (b"SCRIPT", b"LOAD", script.script))
-            link.read_response()
-    raise NoScriptError(f"the server did not keep script {script.sha}")
+            yield
+        except BaseException:
+            if self._link is not None:
+                self._link.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._link is not None:
+            link, self._link = self._link, None
+            self._pool.release(link)
+
+
+def _ask_hashes(link: Connection, jobs: list[Started]) -> None:
+    """Ask for each started job's hash, as the step left it: a pipeline of HGETALLs, read by ``_read_hashes``."""
+    _send(link, *((b"HGETALL", _JOB + job.job_id) for job in jobs))
 
 
 def _read_hashes(link: Connection, jobs: list[Started]) -> None:
-    """Each started job's hash, as the step left it, in one round trip."""
-    _send(link, *((b"HGETALL", _JOB + job.job_id) for job in jobs))
+    """Each started job's hash, as the step left it, from the replies to the pipeline of HGETALLs."""
     for job in jobs:
         job.job_hash = _as_dict(link.read_response())
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import inspect
 import logging
@@ -56,7 +57,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import rq
@@ -596,9 +597,10 @@ class Worker(_Worker, rq.SimpleWorker):
         self._monitor = _JobMonitor(self)
         #: The runs that returned, to be recorded by the next step, each with its job, queue and run.
         self._ended: list[tuple[hotpath.Ended, rq.job.Job, rq.Queue, rq.executions.Execution]] = []
-        #: Jobs the last step started beyond the first, not begun yet, and when that step was sent.
-        self._ahead: collections.deque[hotpath.Started] = collections.deque()
-        self._ahead_sent_at, self._ahead_started_at = 0.0, rq.utils.now()
+        #: Jobs started by steps but not begun yet, each with when its step was sent (monotonic, and RQ's time).
+        self._ahead: collections.deque[tuple[hotpath.Started, float, datetime]] = collections.deque()
+        #: A step sent while the jobs before it run, its replies read when they are needed (_look_ahead).
+        self._sent: _Sent | None = None
         #: How many jobs the next step may start: doubled while jobs are short, up to the setting.
         self._claim, self._batch = 1, (0.0, 0)
         #: The running job whose start line waits for its end (a short job, begun in a batch).
@@ -640,8 +642,13 @@ class Worker(_Worker, rq.SimpleWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[rq.job.Job, rq.Queue] | None:
         with self._batch_lock:
-            if self._ahead and time.monotonic() - self._ahead_sent_at < AHEAD_FOR:
-                return self._began(self._ahead.popleft(), self._ahead_sent_at, self._ahead_started_at, ahead=True)
+            if not self._ahead:  # the batch begun: the step sent ahead of its last jobs brings the next
+                self._collect(patient=True)
+            if self._ahead and time.monotonic() - self._ahead[0][1] < AHEAD_FOR:
+                began = self._began(*self._ahead.popleft(), ahead=True)
+                self._look_ahead()
+                return began
+            self._collect(patient=True)  # its jobs too, if any: they go back with those that waited
             self._give_back(patient=True)  # jobs that waited too long: their leases are running out
             stepped = self._step(self._next_claim())
         if stepped is not None:
@@ -725,56 +732,122 @@ class Worker(_Worker, rq.SimpleWorker):
             self._working_seconds += working
 
     def _step(self, claim: int, patient: bool = True) -> tuple[rq.job.Job, rq.Queue] | None:
-        """One round trip: record the runs that ended and start up to ``claim`` jobs; the first is returned.
+        """Record the runs that ended and start up to ``claim`` jobs, waiting for the replies; the first is returned.
 
         The others wait in ``_ahead``. The monitor's steps are not ``patient``: they
         neither wait for Redis nor record RQ's way (from another thread) a run with
         dependents, which stays for the main thread's next step.
         """
         while True:
-            ended = self._ended
-            started_at = rq.utils.now()
-            sent_at = time.monotonic()
-            stats = bool(self._successes) and (not claim or sent_at - self._stats_sent_at >= 1)
             try:
-                outcomes, started = hotpath.step(
-                    self.connection, self.key, self.executions_key,
-                    [(q.key, self._registries(q)[0]) for q in self._ordered_queues], self.name,
-                    ended=[run[0] for run in ended], execution_ids=_execution_ids(claim),
-                    started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
-                    lease_seconds=self._step_lease, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
-                    successes=self._successes if stats else 0, working_seconds=self._working_seconds,
-                )  # fmt: skip
+                sent = self._send(claim)
             except REDIS_DOWN_ERRORS:
-                # The step may have been run, its reply lost: then its ends read as recorded
-                # before, and the jobs it started are recovered when their leases run out.
                 if not patient:
                     return None
                 self._wait_for_redis()
                 continue
-            if hotpath.NOT_PLAIN in outcomes:  # nothing was done: those runs are recorded RQ's way first
+            started = self._settle(sent, patient)
+            if started is None:
                 if not patient:
                     return None
-                paired = list(zip(outcomes, ended, strict=True))
-                self._ended = [run for outcome, run in paired if outcome != hotpath.NOT_PLAIN]
-                for outcome, run in paired:
-                    if outcome == hotpath.NOT_PLAIN:
-                        self._recorded_rqs_way(*run)
                 continue
-            self._ended = []
-            for outcome, run in zip(outcomes, ended, strict=True):
-                if outcome == hotpath.LEASE_LOST:
-                    self.log.warning("Worker %s: job %s: run %s no longer holds the job's lease (recovered, or run "
-                                     "again elsewhere); its success is not recorded", self.name, run[1].id,
-                                     getattr(run[1], "fencing_token", "?"))  # fmt: skip
-            if stats:
-                self._successes, self._working_seconds, self._stats_sent_at = 0, 0.0, sent_at
-            self._batch = (sent_at, len(started))
             if not started:
                 return None
-            self._ahead.extend(started[1:])
-            self._ahead_sent_at, self._ahead_started_at = sent_at, started_at
-            return self._began(started[0], sent_at, started_at, ahead=False)
+            self._ahead.extend((job, sent.sent_at, sent.started_at) for job in started[1:])
+            began = self._began(started[0], sent.sent_at, sent.started_at, ahead=False)
+            self._look_ahead()
+            return began
+
+    def _look_ahead(self) -> None:
+        """While short jobs run, the next step's round trips overlap the last two jobs of a batch.
+
+        When the batch's second-to-last job begins, the next step goes out (the runs
+        ended so far, the next jobs started); when its last job begins, the step's
+        reply is read and the started jobs' hashes are asked for; when that job ends,
+        they are read (``_collect``). A worker on short jobs then seldom waits for
+        Redis: the script and the hashes are ready before it asks for them. It holds
+        a batch more while it runs the last two jobs of the one before, under leases
+        like any started job's (see "Guarantees").
+        """
+        sent = self._sent
+        if sent is not None:
+            try:
+                sent.step.advance()
+            except REDIS_DOWN_ERRORS:  # the next step finds out, and waits
+                self._sent = None
+                self._lost(sent)
+            return
+        if len(self._ahead) != 1 or self._next_claim() < 2:
+            return
+        with contextlib.suppress(*REDIS_DOWN_ERRORS):  # the next step finds out, and waits
+            self._sent = self._send(self._claim)
+
+    def _collect(self, patient: bool) -> None:
+        """The step sent ahead, if any: its replies read, the jobs it started added to those ahead."""
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            started = self._settle(sent, patient)
+            self._ahead.extend((job, sent.sent_at, sent.started_at) for job in started or ())
+
+    def _send(self, claim: int) -> _Sent:
+        """Send a step: the runs ended so far (taken from ``_ended``) and up to ``claim`` jobs to start."""
+        started_at = rq.utils.now()
+        sent_at = time.monotonic()
+        stats = bool(self._successes) and (not claim or sent_at - self._stats_sent_at >= 1)
+        successes, working = (self._successes, self._working_seconds) if stats else (0, 0.0)
+        ended, self._ended = self._ended, []
+        try:
+            step = hotpath.send_step(
+                self.connection, self.key, self.executions_key,
+                [(q.key, self._registries(q)[0]) for q in self._ordered_queues], self.name,
+                ended=[run[0] for run in ended], execution_ids=_execution_ids(claim),
+                started_at_text=rq.utils.utcformat(started_at), started_at=started_at.timestamp(),
+                lease_seconds=self._step_lease, set_busy=self.get_state() != rq.worker.WorkerStatus.BUSY,
+                successes=successes, working_seconds=working,
+            )  # fmt: skip
+        except BaseException:
+            self._ended[:0] = ended
+            raise
+        return _Sent(step, ended, sent_at, started_at, successes, working)
+
+    def _settle(self, sent: _Sent, patient: bool) -> list[hotpath.Started] | None:
+        """A sent step's outcome: the jobs it started, or None when it did nothing and is to be sent again."""
+        try:
+            outcomes, started = sent.step.collect()
+        except REDIS_DOWN_ERRORS:
+            self._lost(sent)
+            if patient:
+                self._wait_for_redis()
+            return None
+        if hotpath.NOT_PLAIN in outcomes:  # nothing was done: those runs are recorded RQ's way first
+            if not patient:
+                self._ended[:0] = sent.ended
+                return None
+            paired = list(zip(outcomes, sent.ended, strict=True))
+            self._ended[:0] = [run for outcome, run in paired if outcome != hotpath.NOT_PLAIN]
+            for outcome, run in paired:
+                if outcome == hotpath.NOT_PLAIN:
+                    self._recorded_rqs_way(*run)
+            return None
+        for outcome, run in zip(outcomes, sent.ended, strict=True):
+            if outcome == hotpath.LEASE_LOST:
+                self.log.warning("Worker %s: job %s: run %s no longer holds the job's lease (recovered, or run "
+                                 "again elsewhere); its success is not recorded", self.name, run[1].id,
+                                 getattr(run[1], "fencing_token", "?"))  # fmt: skip
+        if sent.successes:
+            self._successes -= sent.successes
+            self._working_seconds -= sent.working_seconds
+            self._stats_sent_at = sent.sent_at
+        self._batch = (sent.sent_at, len(started))
+        return started
+
+    def _lost(self, sent: _Sent) -> None:
+        """A step whose reply was lost to a Redis failure: it may have run or not.
+
+        Its ended runs are sent again (a run recorded already reads as such), and the
+        jobs it may have started are recovered when their leases run out.
+        """
+        self._ended[:0] = sent.ended
 
     def _recorded_rqs_way(
         self, ended: hotpath.Ended, job: rq.job.Job, queue: rq.Queue, execution: rq.executions.Execution
@@ -786,7 +859,7 @@ class Worker(_Worker, rq.SimpleWorker):
         super().handle_job_success(job, queue, queue.started_job_registry, execution)
 
     def _began(
-        self, started: hotpath.Started, sent_at: float, started_at: Any, *, ahead: bool
+        self, started: hotpath.Started, sent_at: float, started_at: datetime, *, ahead: bool
     ) -> tuple[rq.job.Job, rq.Queue]:
         """A job a step started, as RQ's start would have left it, and its queue."""
         self._state = rq.worker.WorkerStatus.BUSY
@@ -841,7 +914,7 @@ class Worker(_Worker, rq.SimpleWorker):
         if not self._ahead:
             return
         # Each came from one of the worker's queues, whose keys the step looked up (_registries).
-        runs = [(started, self._registry_keys[started.queue_key][0]) for started in self._ahead]
+        runs = [(started, self._registry_keys[started.queue_key][0]) for started, _, _ in self._ahead]
         try:
             if patient:
                 self._through_outages(hotpath.give_back, self.connection, self.executions_key, runs)
@@ -861,9 +934,10 @@ class Worker(_Worker, rq.SimpleWorker):
 
     def flush(self) -> None:
         """From the monitor, while a job runs long: record the runs before it, give back the jobs after it."""
-        if not (self._ended or self._ahead) or not self._batch_lock.acquire(blocking=False):
+        if not (self._ended or self._ahead or self._sent) or not self._batch_lock.acquire(blocking=False):
             return  # nothing to do, or the main thread is between jobs, at its own step
         try:
+            self._collect(patient=False)
             self._give_back(patient=False)
             if self._ended:
                 self._step(0, patient=False)
@@ -879,12 +953,14 @@ class Worker(_Worker, rq.SimpleWorker):
     def record_ended(self) -> None:
         """Record now the runs that ended, and the statistics not sent yet, as the next step would."""
         with self._batch_lock:
+            self._collect(patient=True)
             if self._ended or self._successes:
                 self._step(0)
 
     def teardown(self) -> None:
         with contextlib.suppress(*REDIS_DOWN_ERRORS, StopRequested):
             with self._batch_lock:
+                self._collect(patient=True)
                 self._give_back(patient=True)
             self.record_ended()
         super().teardown()
@@ -1004,6 +1080,18 @@ class ForkingWorker(_Worker, rq.Worker):
             self._job_lost_redis(job, exc)
         finally:
             self.lease.end()
+
+
+@dataclasses.dataclass
+class _Sent:
+    """A step sent, with what it carried: the ended runs, when it went, the statistics it added."""
+
+    step: hotpath.SentStep
+    ended: list[tuple[hotpath.Ended, rq.job.Job, rq.Queue, rq.executions.Execution]]
+    sent_at: float
+    started_at: datetime
+    successes: int
+    working_seconds: float
 
 
 def _execution_ids(count: int) -> list[str]:

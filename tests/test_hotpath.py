@@ -204,6 +204,40 @@ def test_behind_a_long_job_the_jobs_its_step_started_are_given_back_to_other_wor
     assert redis.hget(CatalogJob.key_for(ids[43]), "status") == b"finished"
 
 
+def test_the_batch_a_worker_claimed_ahead_while_a_long_job_began_goes_back_to_other_workers(
+    configured: str, redis: Redis, tmp_path: Path
+) -> None:
+    """The next step goes out as a batch's last jobs begin (Worker._look_ahead): a long one there holds nothing.
+
+    With batches of 2 (TASKCTL_PREFETCH=2), every job past the first few begins with a
+    step sent ahead: the long one's monitor reads that step's reply and gives its jobs
+    back, so a second worker runs them, and everything else, before the long job ends.
+    """
+    log = tmp_path / "runs.log"
+    tally = [prepare("tally", (str(log), f"q{n}", 0)) for n in range(40)]
+    tally[20] = prepare("tally", (str(log), "long", 4))
+    ids = enqueue_many(tally, redis)
+    env = {**os.environ, "TASKCTL_PREFETCH": "2"}
+    first = subprocess.Popen(worker_command("default"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: log.exists() and "start long " in log.read_text(), 30, "the long job started")
+        wait_for(lambda: redis.hget(CatalogJob.key_for(ids[19]), "status") == b"finished", 2.5, "the one before done")
+        subprocess.run(worker_command("--burst", "default"), cwd=ROOT, env=env, check=True, timeout=120,
+                       capture_output=True)  # fmt: skip
+        lines = [line.split() for line in log.read_text().splitlines()]
+        assert ("end", "long") not in [(kind, token) for kind, token, _, _ in lines], "the rest ran before it ended"
+        assert sorted(token for kind, token, _, _ in lines if kind == "start") == sorted(
+            [f"q{n}" for n in range(40) if n != 20] + ["long"]
+        )  # each began once
+        given_back = [i for i in ids[21:] if redis.hget(CatalogJob.key_for(i), "taskctl_runs") == b"2"]
+        assert len(given_back) >= 2, "the batch claimed ahead of the long job was given back"
+    finally:
+        first.terminate()
+        first.wait(timeout=15)
+    assert {redis.hget(CatalogJob.key_for(i), "status") for i in ids} == {b"finished"}
+
+
 def test_short_jobs_begun_in_a_batch_log_one_line_each_and_a_long_one_among_them_its_start_while_it_runs(
     configured: str, redis: Redis, tmp_path: Path
 ) -> None:
@@ -251,14 +285,14 @@ def test_a_job_deleted_between_the_steps_script_and_the_read_of_its_hash_is_not_
     queue = Queue("default", connection=redis)
     ids = [enqueue_call("add", (n, 1)).id for n in range(3)]
     registry, index = queue.started_job_registry.key, "rq:worker:test:executions"
-    read_hashes = hotpath._read_hashes
+    ask_hashes = hotpath._ask_hashes
 
     def deleted_first(link: Any, jobs: list[hotpath.Started]) -> None:
         """Another client deletes one job between the step's two round trips."""
         redis.delete(CatalogJob.key_for(ids[1]))
-        read_hashes(link, jobs)
+        ask_hashes(link, jobs)
 
-    monkeypatch.setattr(hotpath, "_read_hashes", deleted_first)
+    monkeypatch.setattr(hotpath, "_ask_hashes", deleted_first)
     outcomes, started = hotpath.step(
         redis, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
         started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
