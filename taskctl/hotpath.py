@@ -5,7 +5,7 @@ register the run, mark it started, heartbeat, record the result, clean up), and
 Redis's time per job is the ceiling of a whole fleet. Here a busy worker sends
 one script, ``STEP``, which records the runs that ended since the last one and
 starts the next jobs in priority order, server-side and atomically; then it reads
-the started jobs' hashes in one pipeline (``step`` says why not in the script):
+the started jobs' hashes in one pipeline (``SentStep`` says why not in the script):
 
 - the ends: each only while its run is still the job's current one and still
   ``started`` (the lease check of taskctl.lease, no WATCH needed inside a
@@ -76,7 +76,7 @@ _EXECUTIONS = rq.executions.ExecutionRegistry.key_template.format("")
 _RESULTS = rq.results.Result.get_key("")  # type: ignore[no-untyped-call,unused-ignore]
 
 #: KEYS: the worker's hash, the worker's execution index, then for each queue in priority
-#: order the queue and its started registry. ARGV: see ``step``. Returns the outcome of
+#: order the queue and its started registry. ARGV: see ``send_step``. Returns the outcome of
 #: each ended run, and the jobs started.
 STEP = f"""
 local t = redis.call('TIME')
@@ -169,7 +169,7 @@ for i = 3, #KEYS, 2 do
         if not ids then break end
         for k, job_id in ipairs(ids) do
             local job_key = '{_JOB}' .. job_id
-            -- Four fields, not the whole hash: the worker reads that itself, after the step (see step()).
+            -- Four fields, not the whole hash: the worker reads that itself, after the step (see SentStep).
             local h = redis.call('HMGET', job_key, 'status', '{CURRENT_RUN}', '{TASKCTL_RUNS}', 'ttl')
             local status, current, spent, expires = h[1], h[2], h[3], h[4]
             -- Not queued (deleted, canceled): RQ would not run it either; the next one is looked at.
@@ -270,18 +270,6 @@ def encode_result(serializer: Any, value: Any) -> str:
     return "" if value is None else b64encode(serializer.dumps(value)).decode()
 
 
-def step(connection: Redis, *args: Any, **kwargs: Any) -> tuple[list[int], list[Started]]:
-    """Record the ``ended`` runs and start up to one job per execution id, from ``queues`` in priority order.
-
-    ``queues`` are (queue, started registry) keys. Returns the outcome of each ended
-    run (RECORDED and the others) and the jobs started, in queue order. When one
-    ended run has dependents, its outcome is NOT_PLAIN, nothing at all is done and
-    every other outcome is 0: that run is to be recorded RQ's way, then the rest again.
-    The arguments are ``send_step``'s; this waits for the replies.
-    """
-    return send_step(connection, *args, **kwargs).collect()
-
-
 def send_step(
     connection: Redis,
     worker_key: str,
@@ -298,7 +286,15 @@ def send_step(
     successes: int,
     working_seconds: float,
 ) -> SentStep:
-    """Send a step (see ``step``) without waiting for its reply: the worker runs a job meanwhile."""
+    """Send a step: record the ``ended`` runs and start up to one job per execution id, from ``queues`` in order.
+
+    ``queues`` are (queue, started registry) keys, in priority order. The step's replies
+    are read as the worker gets to them (``SentStep``: the worker runs a job meanwhile);
+    ``collect`` returns the outcome of each ended run (RECORDED and the others) and the
+    jobs started, in queue order. When one ended run has dependents, its outcome is
+    NOT_PLAIN, nothing at all is done and every other outcome is 0: that run is to be
+    recorded RQ's way, then the rest again.
+    """
     args: list[Any] = [
         started_at_text, repr(started_at), lease_seconds, worker_name, "1" if set_busy else "",
         successes or "", repr(working_seconds) if successes else "", len(execution_ids), len(ended), *execution_ids,

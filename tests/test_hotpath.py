@@ -149,11 +149,11 @@ def test_jobs_a_step_started_but_their_worker_never_began_go_back_to_the_front_o
     ids = [enqueue_call("add", (n, 1)).id for n in range(4)]
     registry = queue.started_job_registry.key
     index = "rq:worker:test:executions"
-    outcomes, started = hotpath.step(
+    outcomes, started = hotpath.send_step(
         redis, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
         started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
         successes=0, working_seconds=0.0,
-    )  # fmt: skip
+    ).collect()  # fmt: skip
     assert (outcomes, [s.job_id for s in started]) == ([], ids[:3])
     assert [redis.hget(CatalogJob.key_for(i), "status") for i in ids] == [b"started"] * 3 + [b"queued"]
 
@@ -293,11 +293,11 @@ def test_a_job_deleted_between_the_steps_script_and_the_read_of_its_hash_is_not_
         ask_hashes(link, jobs)
 
     monkeypatch.setattr(hotpath, "_ask_hashes", deleted_first)
-    outcomes, started = hotpath.step(
+    outcomes, started = hotpath.send_step(
         redis, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2", "r3"],
         started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
         successes=0, working_seconds=0.0,
-    )  # fmt: skip
+    ).collect()  # fmt: skip
     assert (outcomes, [s.job_id for s in started]) == ([], [ids[0], ids[2]])
     assert all(s.job_hash[b"status"] == b"started" for s in started)
     assert {m.decode() for m in redis.zrange(registry, 0, -1)} == {f"{ids[0]}:r1", f"{ids[2]}:r3"}
@@ -315,11 +315,11 @@ def test_a_step_loads_its_script_again_when_the_server_lost_it_and_reads_hashes_
     registry, index = queue.started_job_registry.key, "rq:worker:test:executions"
     client = Redis.from_url(configured, protocol=protocol)
     redis.script_flush()  # as after a restart, or a failover to a replica that never saw it
-    _, started = hotpath.step(
+    _, started = hotpath.send_step(
         client, "rq:worker:test", index, [(queue.key, registry)], "test", ended=[], execution_ids=["r1", "r2"],
         started_at_text="2026-12-01T00:00:00.000000Z", started_at=time.time(), lease_seconds=15, set_busy=True,
         successes=0, working_seconds=0.0,
-    )  # fmt: skip
+    ).collect()  # fmt: skip
     assert [s.job_id for s in started] == ids
     assert [(s.job_hash[b"status"], s.job_hash[b"worker_name"], s.token) for s in started] == [
         (b"started", b"test", 1)
