@@ -27,6 +27,7 @@ from taskctl.catalog import get_catalog
 from taskctl.connection import lua
 from taskctl.exceptions import JobNotAllowedError, LeaseLostError, PermanentError, UnreadableJobError
 from taskctl.lease import TASKCTL_RUNS, LeaseRegistry, held
+from taskctl.settings import get_settings
 
 #: Failures that another try cannot fix: they go straight to the failed jobs.
 NOT_RETRIED = (PermanentError, JobNotAllowedError, UnreadableJobError)
@@ -238,8 +239,6 @@ class ClaimedJobs(IntermediateQueue):
 
 #: Tokens kept per queue to wake idle workers; they are hints, not jobs, so a lost one costs nothing.
 WAKEUP_TOKENS_KEPT = 100
-#: Longest a (dead) worker can keep the others from cleaning a queue's registries.
-MAINTENANCE_LOCK_SECONDS = 60
 #: An idle worker looks at its queues at least this often, for jobs pushed without a token.
 IDLE_POLL_SECONDS = 1
 
@@ -256,10 +255,18 @@ class Queue(rq.Queue):
         kwargs["serializer"] = JSONSerializer
         super().__init__(name, connection=connection, **kwargs)
 
-    def acquire_maintenance_lock(self) -> bool:
-        # RQ holds this lock for 15 minutes: a worker killed while cleaning would stop
-        # every recovery of abandoned jobs for that long. A minute is ample for a pass.
-        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_SECONDS))
+    def acquire_maintenance_lock(self, seconds: float | None = None) -> bool:
+        """Take the queue's cleaning lock for ``seconds`` (the maintenance interval by default).
+
+        RQ holds it 15 minutes: a worker killed while cleaning stopped every recovery of
+        abandoned jobs for that long (and, with a minute, past the stated 30 s). For one
+        interval, a cleaner that dies mid-pass delays recovery by one pass. A pass takes
+        milliseconds; one that outlasts the lock may overlap the next, which costs at worst a
+        retry counted twice: a job pushed back twice still starts once (the start script
+        needs it queued).
+        """
+        ttl = max(1, int(seconds or get_settings().maintenance_interval))
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=ttl))
 
     @property
     def wakeup_key(self) -> str:

@@ -357,7 +357,7 @@ class _Worker(rq.worker.BaseWorker):
         # RQ's pass, without its line per queue per pass (an idle fleet logged thousands of
         # lines an hour of nothing) and with one line per job it recovered instead of RQ's.
         for queue in self.queues:
-            if not queue.acquire_maintenance_lock():
+            if not queue.acquire_maintenance_lock(self.maintenance_interval):
                 continue
             try:
                 # By Redis's clock: the one the leases are scored with (taskctl.lease).

@@ -688,12 +688,16 @@ def test_a_job_claimed_by_a_worker_that_died_before_starting_it_runs_within_30_s
     The claim is made with the workers' own claim script; no worker that could start
     it is alive. A worker started afterwards gives it back after the grace period
     (not at once: a live claimer starts its claim within milliseconds) and runs it.
+    The dead worker was cleaning the queue, too: it left the queue's maintenance lock
+    behind (a pass recovers nothing until that expires; it lasted a minute once).
     """
     log = tmp_path / "runs.log"
     [job_id] = enqueue_tallies(log, 1, 0.1)
-    queue_key = f"rq:queue:{redis.hget(CatalogJob.key_for(job_id), 'origin').decode()}"  # type: ignore[union-attr]
+    origin = redis.hget(CatalogJob.key_for(job_id), "origin").decode()  # type: ignore[union-attr]
+    queue_key = f"rq:queue:{origin}"
     claimed = lua(redis, CLAIM_SCRIPT)(keys=[queue_key], args=[CatalogJob.redis_job_namespace_prefix], client=redis)
     assert claimed[1] == job_id.encode() and redis.lrange(f"{queue_key}:intermediate", 0, -1) == [job_id.encode()]
+    assert Queue(origin, connection=redis).acquire_maintenance_lock()
     claimed_at = time.monotonic()
     output = tmp_path / "worker.log"
     final = run_until_final([str(BIN / "rq"), "worker"], output, redis, job_id, timeout=60)
