@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import rq
 import rq.executions
@@ -356,7 +356,7 @@ class _Worker(rq.worker.BaseWorker):
     def clean_registries(self) -> None:
         # RQ's pass, without its line per queue per pass (an idle fleet logged thousands of
         # lines an hour of nothing) and with one line per job it recovered instead of RQ's.
-        for queue in self.queues:
+        for queue in cast(list[Queue], self.queues):  # ours: __init__ rebuilt them
             if not queue.acquire_maintenance_lock(self.maintenance_interval):
                 continue
             try:
