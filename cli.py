@@ -83,6 +83,11 @@ def main() -> None:
 @click.option("--in", "delay", metavar="DELAY", help="Run after this delay: 30s, 10m, 2h, 1d.")
 @click.option("--at", "at", metavar="TIME", help="Run at this ISO 8601 time (no offset: the configured zone).")
 @click.option("--unique", is_flag=True, help="Refuse to enqueue when a job with --job-id exists already.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="At most this many of JOB (per its concurrency key) queued or running at once (default: declared).",
+)
 @click.option("--wait", is_flag=True, help="Block until the job ends, then print its result or its error.")
 @click.option(
     "--wait-timeout",
@@ -102,6 +107,7 @@ def enqueue(
     unique: bool,
     delay: str | None,
     at: str | None,
+    concurrency: int | None,
     wait: bool,
     wait_timeout: float,
 ) -> None:
@@ -130,6 +136,7 @@ def enqueue(
         unique=unique,
         at=parse_at(at, settings.tz) if at else None,
         delay=parse_delay(delay) if delay else None,
+        concurrency=concurrency,
         # The enqueue is the first thing this process sends: its error says when Redis is away.
         connection=one_command_client(settings),
         settings=settings,
@@ -138,6 +145,8 @@ def enqueue(
     due = handle.scheduled_for if at or delay else None
     if due is not None:
         click.echo(f"Scheduled {job} as {handle.id} on queue {handle.queue} for {_time(due)}")
+    elif handle.job.has_rate_limit and handle.status == "rate_limited":  # read back for limited jobs only
+        click.echo(f"Enqueued {job} as {handle.id} on queue {handle.queue}, waiting for its concurrency limit")
     else:
         click.echo(f"Enqueued {job} as {handle.id} on queue {handle.queue}")
     if wait:
@@ -171,6 +180,7 @@ def status(job_id: str) -> None:
         ("queue", info.queue),
         ("status", info.status),
         *([("scheduled for", _time(info.scheduled_for))] if info.scheduled_for else []),
+        *([("waiting for", info.waiting_for)] if info.waiting_for else []),
         ("enqueued at", _time(info.enqueued_at)),
         ("started at", _time(info.started_at)),
         ("ended at", _time(info.ended_at)),
@@ -364,6 +374,7 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
     import time
 
     from taskctl.connection import connect
+    from taskctl.limits import limit_stats
     from taskctl.settings import get_settings
     from taskctl.stats import queue_stats, scheduler_stats, workers
 
@@ -389,6 +400,13 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
                 for s in queue_stats(connection, settings)
             ],
         )
+        limits = limit_stats(connection)
+        if limits:
+            click.echo()
+            _table(
+                ("LIMIT", "AT ONCE", "IN USE", "WAITING", "LONGEST WAIT"),
+                [(s.name, s.concurrency, s.running, s.waiting, f"{s.oldest_wait:.0f}s") for s in limits],
+            )
         alive = workers(connection)
         busy = sum(1 for w in alive if w.state == "busy")
         scheduled = scheduler_stats(connection)

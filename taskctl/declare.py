@@ -7,6 +7,7 @@ nothing from RQ or Redis: a job knows nothing of how it is queued.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +27,10 @@ class JobSpec:
     retries: int | None = None
     backoff: float | None = None
     result_ttl: int | None = None
+    # At most this many runs at once (queued or running), across every worker: per value of
+    # concurrency_key (a parameter's name, or a function of the job's arguments), else for the job.
+    concurrency: int | None = None
+    concurrency_key: str | Callable[..., Any] | None = None
 
 
 def job(
@@ -36,6 +41,8 @@ def job(
     retries: int | None = None,
     backoff: float | None = None,
     result_ttl: int | None = None,
+    concurrency: int | None = None,
+    concurrency_key: str | Callable[..., Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function as a job: ``@job(queue="high", timeout=30, retries=5, backoff=10)``.
 
@@ -46,6 +53,11 @@ def job(
     ``result_ttl`` is how long a finished run and its result are kept, as RQ's
     option of that name: ``0`` keeps nothing (the job is deleted as it finishes,
     which costs Redis least), ``-1`` keeps them forever; unset, the settings say.
+    ``concurrency`` is how many of its jobs may be queued or running at once across
+    every worker and host (the others wait, uncharged, outside the queue); with
+    ``concurrency_key`` (a parameter's name, or a function called with the job's
+    arguments), that many per value of the key: ``@job(concurrency=1,
+    concurrency_key="sku")``.
     """
 
     def decorate(func: F) -> F:
@@ -56,13 +68,30 @@ def job(
                 ("retries", retries, retries is None or retries >= 0, "0 or more"),
                 ("backoff", backoff, backoff is None or backoff >= 0, "0 or more seconds"),
                 ("result_ttl", result_ttl, result_ttl is None or result_ttl >= -1, "0 or more seconds, or -1"),
+                (
+                    "concurrency",
+                    concurrency,
+                    concurrency is None or _whole(concurrency, 1),
+                    "a whole number, 1 or more",
+                ),
             )
             if not ok
         ]
+        if concurrency_key is not None:
+            if concurrency is None:
+                problems.append("concurrency_key needs a concurrency: how many at once per key")
+            parameters = inspect.signature(func).parameters
+            if isinstance(concurrency_key, str) and concurrency_key not in parameters:
+                problems.append(
+                    f"concurrency_key {concurrency_key!r} names no parameter of the job;"
+                    f" expected one of {list(parameters)} or a function of the job's arguments"
+                )
+            elif not isinstance(concurrency_key, str) and not callable(concurrency_key):
+                problems.append(f"concurrency_key must be a parameter's name or a function, got {concurrency_key!r}")
         if problems:
             raise ValueError(f"job {func.__name__}: " + "; ".join(problems))
         spec = JobSpec(name=name or func.__name__, queue=queue, timeout=timeout, retries=retries, backoff=backoff,
-                       result_ttl=result_ttl)  # fmt: skip
+                       result_ttl=result_ttl, concurrency=concurrency, concurrency_key=concurrency_key)  # fmt: skip
         setattr(func, SPEC_ATTRIBUTE, spec)
         return func
 
@@ -72,3 +101,7 @@ def job(
 def spec_of(func: Callable[..., Any]) -> JobSpec | None:
     spec = getattr(func, SPEC_ATTRIBUTE, None)
     return spec if isinstance(spec, JobSpec) else None
+
+
+def _whole(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

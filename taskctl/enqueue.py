@@ -31,7 +31,7 @@ from uuid import uuid4
 
 from redis import Redis
 from redis.client import Pipeline
-from rq import Retry
+from rq import RateLimit, Retry
 from rq.exceptions import DuplicateJobError as RQDuplicateJobError
 from rq.job import JOB_ID_PATTERN, Job
 from rq.utils import now
@@ -40,6 +40,7 @@ from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import NO_REDIS_ERRORS, REDIS_DOWN_ERRORS, connect, lua, unavailable
 from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError, RedisUnavailableError
 from taskctl.handle import JobHandle
+from taskctl.limits import concurrency_limit
 from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
@@ -62,6 +63,7 @@ class Prepared:
     unique: bool = False
     due: datetime | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    rate_limit: RateLimit | None = None
 
     @property
     def description(self) -> str:
@@ -81,19 +83,26 @@ def prepare(
     unique: bool = False,
     at: datetime | None = None,
     delay: timedelta | None = None,
+    concurrency: int | None = None,
     settings: Settings | None = None,
 ) -> Prepared:
     """Check a call and resolve its options, without Redis.
 
-    Unset options come from the job's declaration, then from the settings.
+    Unset options come from the job's declaration, then from the settings
+    (``concurrency``: the settings' TASKCTL_CONCURRENCY first, then the declaration).
     Raises UnknownJobError, InvalidArgumentsError or InvalidQueueError.
     """
     settings = settings or get_settings()
     entry = get_catalog().get(job)
     kwargs = dict(kwargs or {})
-    entry.bind(args, kwargs)
+    bound = entry.bind(args, kwargs)
+    limit = concurrency_limit(entry, bound, concurrency, settings)
     if unique and not job_id:
         raise InvalidArgumentsError("unique needs a job id: the id is what makes the job unique")
+    if unique and limit is not None:
+        raise InvalidArgumentsError(
+            f"{entry.name}: unique and a concurrency limit do not go together (RQ refuses them); drop one"
+        )
     if job_id is not None and not JOB_ID_PATTERN.fullmatch(job_id):
         raise InvalidArgumentsError(f"job id {job_id!r} may use only letters, digits, '_' and '-'")
     return Prepared(
@@ -106,6 +115,7 @@ def prepare(
         job_id=job_id,
         unique=unique,
         due=due_time(at, delay, settings.tz, settings.past_tolerance),
+        rate_limit=limit,
     )
 
 
@@ -130,6 +140,7 @@ def enqueue_call(
     unique: bool = False,
     at: datetime | None = None,
     delay: timedelta | None = None,
+    concurrency: int | None = None,
     connection: Redis | None = None,
     settings: Settings | None = None,
 ) -> JobHandle:
@@ -138,14 +149,16 @@ def enqueue_call(
     With ``unique``, a job whose ``job_id`` exists already is refused
     (DuplicateJobError); without it, RQ replaces the existing job. With ``at``
     (a time; without an offset, in the configured zone) or ``delay``, the job is
-    handed to rq-scheduler, which puts it on its queue when it is due. Raises
+    handed to rq-scheduler, which puts it on its queue when it is due. With
+    ``concurrency``, at most that many of the job (per its ``concurrency_key``)
+    are queued or running at once; the others wait their turn. Raises
     the errors of :func:`prepare` before touching Redis, and
     RedisUnavailableError when Redis does not answer.
     """
     settings = settings or get_settings()
     prepared = prepare(
         job, args, kwargs, queue=queue, job_timeout=job_timeout, retries=retries, backoff=backoff,
-        job_id=job_id, unique=unique, at=at, delay=delay, settings=settings,
+        job_id=job_id, unique=unique, at=at, delay=delay, concurrency=concurrency, settings=settings,
     )  # fmt: skip
     return submit(prepared, connection or connect(settings), settings)
 
@@ -209,6 +222,13 @@ def _enqueue_now(prepared: Prepared, connection: Redis, settings: Settings, pipe
     job = queue.create_job(prepared.entry.func, job_id=prepared.job_id, **rq_options(prepared, settings))
     job.enqueued_at = now()
     pipeline.sadd(queue.redis_queues_keys, queue.key)
+    if job.has_rate_limit:
+        # RQ's writes of a limited job, in the same round trip: saved as waiting, then let
+        # into its queue at once if its limit has room (a script); RQ asks INFO first.
+        queue._enqueue_rate_limited_job(job, pipeline=pipeline)
+        queue.wake(pipeline, 1)
+        assert isinstance(job, CatalogJob)
+        return job
     job.save(pipeline=pipeline)
     job.cleanup(ttl=job.ttl, pipeline=pipeline)
     queue.push_job_id(job.id, pipeline=pipeline)
@@ -310,6 +330,13 @@ def batch_pipeline(
     for name in sorted({call.queue for call in batch}):
         queue = Queue(name, connection=connection)
         mine = [(job_id, call) for job_id, call in zip(batch_ids, batch, strict=True) if call.queue == name]
+        # A limited job is let into its queue by its limit (RQ's script), one by one, in the same transaction.
+        for job_id, call in mine:
+            if call.rate_limit is not None:
+                _enqueue_now(replace(call, job_id=job_id), connection, settings, pipeline)
+        mine = [(job_id, call) for job_id, call in mine if call.rate_limit is None]
+        if not mine:
+            continue
         shapes: dict[tuple[Any, ...], list[tuple[str, Prepared]]] = {}
         for job_id, call in mine:
             shapes.setdefault(_shape(call), []).append((job_id, call))
@@ -421,7 +448,7 @@ def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:
         "args": call.args, "kwargs": call.kwargs, "timeout": call.timeout,
         "result_ttl": resolve_result_ttl(call.entry, settings),
         "failure_ttl": settings.failure_ttl, "description": call.description, "retry": call.retry,
-        "meta": call.meta or None,
+        "meta": call.meta or None, "rate_limit": call.rate_limit,
     }  # fmt: skip
 
 
@@ -450,6 +477,8 @@ def _schedule(prepared: Prepared, connection: Redis, settings: Settings, pipelin
         timeout=prepared.timeout,
     )
     job.failure_ttl = settings.failure_ttl
+    if prepared.rate_limit is not None:  # rq-scheduler's queue.enqueue_job then enqueues it RQ's limited way
+        job.rate_limit_key, job.rate_limit_concurrency = prepared.rate_limit.key, prepared.rate_limit.concurrency
     if prepared.retry is not None:
         job.retries_left, job.retry_intervals = prepared.retry.max, prepared.retry.intervals
     # rq-scheduler keeps whole seconds, rounding down: round up, so a job never runs early.

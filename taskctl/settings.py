@@ -58,6 +58,9 @@ class Settings:
     prefetch: int = 8
     # Address space a job may add to its process, in MiB (0: no limit): past it the job fails with MemoryError.
     job_memory_limit_mb: int = 0
+    # Concurrency limits set here rather than in the code (TASKCTL_CONCURRENCY="send_email=2
+    # update_stock=1"): they replace what a job declares, as an operator's knob should.
+    concurrency: tuple[tuple[str, int], ...] = ()
     # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and
     # how many replicas must confirm each enqueue (Redis WAIT) before it counts as done.
     sentinel_password: str = field(default="", repr=False)
@@ -176,6 +179,19 @@ def _words(name: str, value: str) -> tuple[str, ...]:
     return items
 
 
+def _concurrency(value: str) -> tuple[tuple[str, int], ...]:
+    limits = []
+    for word in value.replace(",", " ").split():
+        job_name, _, number = word.partition("=")
+        if not job_name or not number.isdigit() or int(number) < 1:
+            raise SettingsError(
+                f"TASKCTL_CONCURRENCY: {word!r} is not job=N; expected a job's name, '=', and a whole number"
+                " 1 or more, e.g. send_email=2 update_stock=1"
+            )
+        limits.append((job_name, int(number)))
+    return tuple(limits)
+
+
 def _number(name: str, value: str, kind: type[int] | type[float], minimum: float | None = None) -> int | float:
     try:
         number = kind(value)
@@ -266,6 +282,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         lease_margin=_lease_margin(env, heartbeat_grace),
         prefetch=_prefetch(env),
         job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
+        concurrency=_concurrency(env.get("TASKCTL_CONCURRENCY", "")),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         sentinel_password=env.get("TASKCTL_SENTINEL_PASSWORD", ""),
         replica_acks=int(number("TASKCTL_REPLICA_ACKS", defaults.replica_acks, minimum=0)),

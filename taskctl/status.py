@@ -14,6 +14,7 @@ from rq.results import Result
 
 from taskctl.catalog import get_catalog
 from taskctl.exceptions import JobFailedError, NoResultError, NoSuchJobError, UnreadableJobError, WaitTimeoutError
+from taskctl.limits import waiting_for
 from taskctl.rqclasses import CANCELED_BECAUSE, FAILED_RUNS, CatalogJob, Queue
 
 #: What is shown for a job whose data is not JSON (written into Redis by something else).
@@ -65,6 +66,8 @@ class JobReport:
     """What a long job last said of its progress: done, total, message."""
     error: str | None
     """The last line of the last failure's traceback: the exception and its message."""
+    waiting_for: str | None = None
+    """For a job held back by its concurrency limit: the limit, and its place in line."""
 
     @property
     def is_final(self) -> bool:
@@ -93,6 +96,7 @@ def report(job: CatalogJob) -> JobReport:
         scheduled_for=scheduled_for(job) if status == JobStatus.SCHEDULED else None,
         progress=job.meta.get("progress") if isinstance(job.meta.get("progress"), dict) else None,
         error=error,
+        waiting_for=waiting_for(job) if status == JobStatus.RATE_LIMITED else None,
     )
 
 

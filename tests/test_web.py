@@ -163,6 +163,23 @@ def test_oldest_queued_age_grows_while_no_worker_runs(web: Callable[..., str]) -
     assert metrics(base)[("taskctl_queue_jobs", (("queue", "low"), ("state", "queued")))] == 1
 
 
+def test_metrics_and_stats_show_each_concurrency_limit_in_use_and_waiting_and_for_how_long(
+    web: Callable[..., str], tmp_path: Path
+) -> None:
+    base = web()
+    for i in range(3):
+        taskctl("enqueue", "update_stock", str(tmp_path / "runs.log"), "sku-1", f"t{i}", "0")
+    time.sleep(1.2)  # RQ scores a waiting job in whole seconds
+
+    found = metrics(base)
+    stats = taskctl("stats").output
+
+    label = (("limit", "update_stock:sku-1"),)
+    assert (found[("taskctl_limit_running", label)], found[("taskctl_limit_waiting", label)]) == (1, 2)
+    assert found[("taskctl_limit_oldest_wait_seconds", label)] >= 1.0
+    assert "LIMIT               AT ONCE  IN USE  WAITING  LONGEST WAIT\nupdate_stock:sku-1  1        1       2" in stats
+
+
 def test_healthz_follows_redis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     port = free_port()
     with redis_server(port, tmp_path / "redis"):

@@ -127,6 +127,18 @@ def tally(log: str, token: str, seconds: float) -> str:
     return token
 
 
+@job(timeout=60, retries=3, backoff=0, concurrency=2)
+def limited_tally(log: str, token: str, seconds: float) -> str:
+    """A tally with a concurrency limit of 2 for the job as a whole."""
+    return tally(log, token, seconds)
+
+
+@job(timeout=30, retries=3, backoff=0, concurrency=1, concurrency_key="sku")
+def update_stock(log: str, sku: str, token: str, seconds: float) -> str:
+    """A tally that must not run twice at once for one SKU (its token names the SKU)."""
+    return tally(log, f"{sku}/{token}", seconds)
+
+
 def _append(path: str, line: str) -> None:
     # One write on an O_APPEND descriptor: lines from concurrent workers never interleave.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
 
 from taskctl.exceptions import OutboxUnavailableError
+from taskctl.limits import limit_stats
 from taskctl.outbox_ops import opened, outbox_stats
 from taskctl.settings import Settings
 from taskctl.stats import queue_stats, scheduler_stats, workers
@@ -55,6 +56,20 @@ class TaskctlCollector(Collector):
             "Jobs more than 60 s past their time and not enqueued: no scheduler process is running.",
             scheduled.overdue,
         )
+        limits = limit_stats(self.connection)
+        families = (
+            GaugeMetricFamily("taskctl_limit_running", "Jobs holding a concurrency limit's slot: queued or running.",
+                              labels=["limit"]),
+            GaugeMetricFamily("taskctl_limit_waiting", "Jobs waiting for a slot of a concurrency limit.",
+                              labels=["limit"]),
+            GaugeMetricFamily("taskctl_limit_oldest_wait_seconds",
+                              "How long the longest-waiting job of a concurrency limit has waited (0: none waits).",
+                              labels=["limit"]),
+        )  # fmt: skip
+        for limit in limits:
+            for family, value in zip(families, (limit.running, limit.waiting, limit.oldest_wait), strict=True):
+                family.add_metric([limit.name], value)
+        yield from families
 
 
 class OutboxCollector(Collector):

@@ -1,0 +1,200 @@
+"""Concurrency limits (taskctl.limits): declared, checked, and held across real worker processes.
+
+Overlaps are counted from what the runs logged (tests.testjobs.tally: a line at each
+start and end), never from a status.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from taskctl.declare import job
+from taskctl.enqueue import enqueue_call
+from taskctl.exceptions import InvalidArgumentsError, SettingsError
+from taskctl.settings import get_settings, load_settings
+from taskctl.stack import stop
+from tests.conftest import ROOT, taskctl, worker_command
+from tests.test_faults import wait_until_final
+
+
+@pytest.fixture
+def workers(configured: str) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Real `rq worker` processes as the deployment files run them, stopped after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen(worker_command(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))  # fmt: skip
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            stop(process, timeout=5)
+
+
+def runs(log: Path) -> dict[str, list[tuple[float, float | None]]]:
+    """Each token's runs as (start, end) times, from the run log; an end of None: cut off."""
+    found: dict[str, list[tuple[float, float | None]]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        kind, token, _pid, moment = line.split()
+        if kind == "start":
+            found.setdefault(token, []).append((float(moment), None))
+        else:
+            start, _ = found[token][-1]
+            found[token][-1] = (start, float(moment))
+    return found
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of spans under way at one moment (an end before a start at the same moment)."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+def finished_spans(found: dict[str, list[tuple[float, float | None]]], prefix: str) -> list[tuple[float, float]]:
+    return [(s, e) for token, spans in found.items() if token.startswith(prefix) for s, e in spans if e is not None]
+
+
+def test_a_bad_concurrency_declaration_fails_at_import_naming_the_job() -> None:
+    def send(to: str) -> None: ...
+
+    with pytest.raises(ValueError, match=r"job send: concurrency must be a whole number, 1 or more, got 0"):
+        job(concurrency=0)(send)
+    with pytest.raises(ValueError, match=r"job send: concurrency_key 'domain' names no parameter of the job; "
+                                         r"expected one of \['to'\]"):  # fmt: skip
+        job(concurrency=2, concurrency_key="domain")(send)
+    with pytest.raises(ValueError, match=r"job send: concurrency_key needs a concurrency"):
+        job(concurrency_key="to")(send)
+
+
+def test_a_bad_concurrency_setting_or_call_is_refused_with_what_is_expected(configured: str, redis: Redis) -> None:
+    with pytest.raises(SettingsError, match=r"TASKCTL_CONCURRENCY: 'send_email=0' is not job=N"):
+        load_settings({"TASKCTL_CONCURRENCY": "send_email=0"})
+    assert load_settings({"TASKCTL_CONCURRENCY": "send_email=2, update_stock=1"}).concurrency == (
+        ("send_email", 2), ("update_stock", 1))  # fmt: skip
+
+    with pytest.raises(InvalidArgumentsError, match=r"add: concurrency must be a whole number, 1 or more; got 0"):
+        enqueue_call("add", (1, 2), concurrency=0)
+    result = taskctl("enqueue", "add", "1", "2", "--concurrency", "0")
+    assert result.exit_code == 2
+    assert "Invalid value for '--concurrency': 0 is not in the range x>=1." in result.output
+    result = taskctl("enqueue", "update_stock", "/tmp/x", "sku-1", "t", "0", "--job-id", "u1", "--unique")
+    assert result.exit_code == 2
+    assert "update_stock: unique and a concurrency limit do not go together" in result.output
+    assert redis.keys("*") == []  # nothing half-done
+
+
+def test_a_job_over_its_limit_waits_outside_its_queue_and_its_status_says_for_what(
+    configured: str, redis: Redis, tmp_path: Path
+) -> None:
+    log = str(tmp_path / "runs.log")
+    outputs = [taskctl("enqueue", "update_stock", log, "sku-1", f"t{i}", "0").output for i in range(3)]
+    other = taskctl("enqueue", "update_stock", log, "sku-2", "t9", "0").output
+    ids = [line.split(" as ")[1].split()[0] for line in outputs]
+
+    assert outputs[0].endswith("on queue default\n") and other.endswith("on queue default\n")
+    assert outputs[1].endswith("on queue default, waiting for its concurrency limit\n")
+    assert len(redis.lrange("rq:queue:default", 0, -1)) == 2  # one per SKU; the others wait outside it
+    status = taskctl("status", ids[2]).output
+    assert "status:        rate_limited\n" in status
+    assert "waiting for:   limit update_stock:sku-1: 1 of 1 at once in use; 2 waiting\n" in status
+
+
+def test_the_settings_replace_a_declared_limit_and_a_call_replaces_both(
+    configured: str, redis: Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = str(tmp_path / "runs.log")
+    monkeypatch.setenv("TASKCTL_CONCURRENCY", "update_stock=2")
+    get_settings.cache_clear()
+    outputs = [taskctl("enqueue", "update_stock", log, "sku-1", f"t{i}", "0").output for i in range(3)]
+    assert ["waiting" in output for output in outputs] == [False, False, True]
+    outputs = [taskctl("enqueue", "add", "1", "2", "--concurrency", "1").output for i in range(2)]
+    assert ["waiting" in output for output in outputs] == [False, True]
+    assert redis.hget("rq:rl:taskctl:add", "concurrency") == b"1"
+
+
+def test_four_workers_on_two_queues_never_run_more_than_the_limit_and_unlimited_jobs_go_on(
+    workers: Callable[[], subprocess.Popen[bytes]],
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    """Limit 2 for the job, on `high` and `default`; unlimited jobs on the same queues are not held up."""
+    log = tmp_path / "runs.log"
+    limited = [enqueue_call("limited_tally", (str(log), f"L{i}", 0.2), queue=("high", "default")[i % 2]).id
+               for i in range(24)]  # fmt: skip
+    plain = [enqueue_call("tally", (str(log), f"P{i}", 0.05), queue=("high", "default")[i % 2]).id for i in range(40)]
+    for _ in range(4):
+        workers()
+
+    final = wait_until_final(redis, limited + plain, timeout=120)
+
+    assert set(final.values()) == {"finished"}, final
+    found = runs(log)
+    assert sorted(len(found[f"L{i}"]) for i in range(24)) == [1] * 24  # each ran once
+    limited_spans = finished_spans(found, "L")
+    assert most_at_once(limited_spans) == 2  # the limit, reached, never passed
+    # 24 limited jobs of 0.2 s, two at a time, take 2.4 s at least; the unlimited ones, queued behind
+    # them, all ended while limited jobs still waited their turn.
+    last_plain_end = max(e for _, e in finished_spans(found, "P"))
+    assert last_plain_end < max(s for s, _ in limited_spans)
+
+
+def test_a_limit_per_key_runs_keys_side_by_side_and_never_one_key_twice(
+    workers: Callable[[], subprocess.Popen[bytes]],
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "runs.log"
+    ids = [enqueue_call("update_stock", (str(log), f"sku-{i % 3}", f"t{i}", 0.1)).id for i in range(18)]
+    for _ in range(4):
+        workers()
+
+    final = wait_until_final(redis, ids, timeout=60)
+
+    assert set(final.values()) == {"finished"}, final
+    found = runs(log)
+    per_sku = [most_at_once(finished_spans(found, f"sku-{k}/")) for k in range(3)]
+    assert per_sku == [1, 1, 1]
+    assert most_at_once([span for k in range(3) for span in finished_spans(found, f"sku-{k}/")]) > 1
+
+
+def test_a_worker_killed_holding_a_slot_gives_it_back_within_the_recovery_bound(
+    workers: Callable[[], subprocess.Popen[bytes]],
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    """Limit 1 per SKU: the run of a SIGKILLed worker is retried and the job behind it runs; nothing leaks."""
+    log = tmp_path / "runs.log"
+    first = enqueue_call("update_stock", (str(log), "sku-1", "first", 3.0)).id
+    second = enqueue_call("update_stock", (str(log), "sku-1", "second", 0.1)).id
+    victim = workers()
+    deadline = time.monotonic() + 30
+    while "first" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    killed_at = time.monotonic()
+    workers()
+
+    final = wait_until_final(redis, [first, second], timeout=60)
+    recovered_after = time.monotonic() - killed_at
+
+    assert final == {first: "finished", second: "finished"}
+    found = runs(log)
+    assert [end is None for _, end in found["sku-1/first"]] == [True, False]  # cut off by the kill, then run again
+    assert len(found["sku-1/second"]) == 1
+    assert most_at_once(finished_spans(found, "sku-1/")) == 1
+    assert recovered_after < 30 + 5  # the recovery bound, and the two short runs after it
+    assert redis.zcard("rq:rl:taskctl:update_stock:sku-1:allowed") == 0  # no slot left held
