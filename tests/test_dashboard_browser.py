@@ -176,6 +176,23 @@ def test_the_outbox_page_shows_waiting_and_stuck_rows_from_the_navigation(
     screenshot(page, "outbox")
 
 
+def test_the_limits_page_shows_each_limit_in_use_and_waiting_from_the_navigation(
+    web: Callable[..., str], page: Any, tmp_path: Path
+) -> None:
+    for i in range(3):
+        taskctl("enqueue", "update_stock", str(tmp_path / "runs.log"), "sku-1", f"t{i}", "0")
+    base = web()
+
+    page.goto(base + "/")
+    page.get_by_role("link", name="Limits").click()
+    page.wait_for_url(base + "/limits")
+
+    cells = page.locator("#limits tbody tr", has_text="update_stock:sku-1").locator("td").all_inner_texts()
+    assert cells[:4] == ["update_stock:sku-1", "1", "1", "2"]
+    assert re.fullmatch(r"\d+s", cells[4])
+    screenshot(page, "limits")
+
+
 PAYLOADS = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>"]
 
 

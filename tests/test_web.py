@@ -81,7 +81,7 @@ def test_with_credentials_every_page_needs_them_but_healthz(web: Callable[..., s
     base = web(TASKCTL_DASHBOARD_USERNAME="ops", TASKCTL_DASHBOARD_PASSWORD="s3cret-pw")
     job_id = failed_job_on_default()
 
-    for path in ("/", "/0/data/queues.json", f"/0/view/job/{job_id}", "/schedules", "/metrics"):
+    for path in ("/", "/0/data/queues.json", f"/0/view/job/{job_id}", "/schedules", "/limits", "/metrics"):
         status, _, headers = fetch(base, path)
         assert status == 401, path
         assert headers["WWW-Authenticate"].startswith('Basic realm="taskctl dashboard"')

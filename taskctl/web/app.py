@@ -171,6 +171,23 @@ def schedules(instance_number: int) -> Response:
     )
 
 
+@pages.route("/limits", defaults={"instance_number": 0})
+@pages.route("/<int:instance_number>/view/limits")
+def limits(instance_number: int) -> Response:
+    """Each concurrency limit: how many slots are in use, how many jobs wait for one, and for how long."""
+    from taskctl.limits import limit_stats
+
+    settings = _settings()
+    return _page(
+        "taskctl/limits.html",
+        "limits",
+        instance_number,
+        limits=limit_stats(_redis()),
+        now=show_time(datetime.now(UTC), settings.tz),
+        timezone=settings.timezone,
+    )
+
+
 #: Stuck rows the Outbox page lists; `taskctl outbox --limit N` shows more.
 OUTBOX_PAGE_ROWS = 100
 
