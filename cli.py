@@ -88,6 +88,9 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="At most this many of JOB (per its concurrency key) queued or running at once (default: declared).",
 )
+@click.option(
+    "--rate", metavar="RATE", help="At most this many of JOB start per period: 20/s, 100/m (default: declared)."
+)
 @click.option("--wait", is_flag=True, help="Block until the job ends, then print its result or its error.")
 @click.option(
     "--wait-timeout",
@@ -108,6 +111,7 @@ def enqueue(
     delay: str | None,
     at: str | None,
     concurrency: int | None,
+    rate: str | None,
     wait: bool,
     wait_timeout: float,
 ) -> None:
@@ -137,6 +141,7 @@ def enqueue(
         at=parse_at(at, settings.tz) if at else None,
         delay=parse_delay(delay) if delay else None,
         concurrency=concurrency,
+        rate=rate,
         # The enqueue is the first thing this process sends: its error says when Redis is away.
         connection=one_command_client(settings),
         settings=settings,
@@ -374,7 +379,7 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
     import time
 
     from taskctl.connection import connect
-    from taskctl.limits import limit_stats
+    from taskctl.limits import limit_stats, rate_stats
     from taskctl.settings import get_settings
     from taskctl.stats import queue_stats, scheduler_stats, workers
 
@@ -406,6 +411,13 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
             _table(
                 ("LIMIT", "AT ONCE", "IN USE", "WAITING", "LONGEST WAIT"),
                 [(s.name, s.concurrency, s.running, s.waiting, f"{s.oldest_wait:.0f}s") for s in limits],
+            )
+        rates = rate_stats(connection)
+        if rates:
+            click.echo()
+            _table(
+                ("RATE LIMIT", "RATE", "STARTS IN PERIOD", "WAITING", "CLEARS IN"),
+                [(s.name, s.rate, s.recent_starts, s.waiting, f"{s.clears_in:.1f}s") for s in rates],
             )
         alive = workers(connection)
         busy = sum(1 for w in alive if w.state == "busy")

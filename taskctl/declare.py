@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from taskctl.rates import parse_rate
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 SPEC_ATTRIBUTE = "__taskctl_job__"
@@ -31,6 +33,11 @@ class JobSpec:
     # concurrency_key (a parameter's name, or a function of the job's arguments), else for the job.
     concurrency: int | None = None
     concurrency_key: str | Callable[..., Any] | None = None
+    # At most rate's starts per period ("20/s", "100/m"), at most burst of them at once: per value
+    # of rate_key if given, else for the job (taskctl.rates).
+    rate: str | None = None
+    burst: int | None = None
+    rate_key: str | Callable[..., Any] | None = None
 
 
 def job(
@@ -43,6 +50,9 @@ def job(
     result_ttl: int | None = None,
     concurrency: int | None = None,
     concurrency_key: str | Callable[..., Any] | None = None,
+    rate: str | None = None,
+    burst: int | None = None,
+    rate_key: str | Callable[..., Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function as a job: ``@job(queue="high", timeout=30, retries=5, backoff=10)``.
 
@@ -57,7 +67,10 @@ def job(
     every worker and host (the others wait, uncharged, outside the queue); with
     ``concurrency_key`` (a parameter's name, or a function called with the job's
     arguments), that many per value of the key: ``@job(concurrency=1,
-    concurrency_key="sku")``.
+    concurrency_key="sku")``. ``rate`` is how many of its runs may start per period,
+    across every worker (``"10/s"``, ``"100/m"``, ``"5/30s"``), ``burst`` how many of
+    those at once (default: all of them), ``rate_key`` as ``concurrency_key``; a
+    job over its rate waits, uncharged, until it may start.
     """
 
     def decorate(func: F) -> F:
@@ -77,21 +90,22 @@ def job(
             )
             if not ok
         ]
-        if concurrency_key is not None:
-            if concurrency is None:
-                problems.append("concurrency_key needs a concurrency: how many at once per key")
-            parameters = inspect.signature(func).parameters
-            if isinstance(concurrency_key, str) and concurrency_key not in parameters:
-                problems.append(
-                    f"concurrency_key {concurrency_key!r} names no parameter of the job;"
-                    f" expected one of {list(parameters)} or a function of the job's arguments"
-                )
-            elif not isinstance(concurrency_key, str) and not callable(concurrency_key):
-                problems.append(f"concurrency_key must be a parameter's name or a function, got {concurrency_key!r}")
+        for what, key, needs in (("concurrency_key", concurrency_key, concurrency), ("rate_key", rate_key, rate)):
+            problems += _key_problems(func, what, key, needs)
+        if burst is not None and rate is None:
+            problems.append("burst needs a rate: how many starts per period")
+        if rate is not None:
+            try:
+                parse_rate(rate, burst)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if rate is not None and concurrency is not None:
+            problems.append("a job takes a concurrency limit or a rate limit, not both (yet)")
         if problems:
             raise ValueError(f"job {func.__name__}: " + "; ".join(problems))
         spec = JobSpec(name=name or func.__name__, queue=queue, timeout=timeout, retries=retries, backoff=backoff,
-                       result_ttl=result_ttl, concurrency=concurrency, concurrency_key=concurrency_key)  # fmt: skip
+                       result_ttl=result_ttl, concurrency=concurrency, concurrency_key=concurrency_key, rate=rate,
+                       burst=burst, rate_key=rate_key)  # fmt: skip
         setattr(func, SPEC_ATTRIBUTE, spec)
         return func
 
@@ -101,6 +115,20 @@ def job(
 def spec_of(func: Callable[..., Any]) -> JobSpec | None:
     spec = getattr(func, SPEC_ATTRIBUTE, None)
     return spec if isinstance(spec, JobSpec) else None
+
+
+def _key_problems(func: Callable[..., Any], what: str, key: object, needs: object) -> list[str]:
+    """What is wrong with a limit's key: it names a parameter of the job, or is a function of its arguments."""
+    if key is None:
+        return []
+    problems = [] if needs is not None else [f"{what} needs its limit ({what.removesuffix('_key')}) too"]
+    parameters = inspect.signature(func).parameters
+    if isinstance(key, str) and key not in parameters:
+        problems.append(f"{what} {key!r} names no parameter of the job;"
+                        f" expected one of {list(parameters)} or a function of the job's arguments")  # fmt: skip
+    elif not isinstance(key, str) and not callable(key):
+        problems.append(f"{what} must be a parameter's name or a function, got {key!r}")
+    return problems
 
 
 def _whole(value: object, minimum: int) -> bool:

@@ -40,7 +40,7 @@ from taskctl.catalog import CatalogEntry, get_catalog
 from taskctl.connection import NO_REDIS_ERRORS, REDIS_DOWN_ERRORS, connect, lua, unavailable
 from taskctl.exceptions import DuplicateJobError, InvalidArgumentsError, InvalidQueueError, RedisUnavailableError
 from taskctl.handle import JobHandle
-from taskctl.limits import concurrency_limit
+from taskctl.limits import concurrency_limit, rate_limit
 from taskctl.retry import make_retry
 from taskctl.rqclasses import CatalogJob, Queue
 from taskctl.settings import Settings, get_settings
@@ -64,6 +64,8 @@ class Prepared:
     due: datetime | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    rate: str | None = None
+    """The job's rate limit as its hash holds it (taskctl.rates)."""
 
     @property
     def description(self) -> str:
@@ -84,6 +86,7 @@ def prepare(
     at: datetime | None = None,
     delay: timedelta | None = None,
     concurrency: int | None = None,
+    rate: str | None = None,
     settings: Settings | None = None,
 ) -> Prepared:
     """Check a call and resolve its options, without Redis.
@@ -97,6 +100,9 @@ def prepare(
     kwargs = dict(kwargs or {})
     bound = entry.bind(args, kwargs)
     limit = concurrency_limit(entry, bound, concurrency, settings)
+    rate_field = rate_limit(entry, bound, rate, settings)
+    if limit is not None and rate_field is not None:
+        raise InvalidArgumentsError(f"{entry.name}: a job takes a concurrency limit or a rate limit, not both (yet)")
     if unique and not job_id:
         raise InvalidArgumentsError("unique needs a job id: the id is what makes the job unique")
     if unique and limit is not None:
@@ -116,6 +122,7 @@ def prepare(
         unique=unique,
         due=due_time(at, delay, settings.tz, settings.past_tolerance),
         rate_limit=limit,
+        rate=rate_field,
     )
 
 
@@ -141,6 +148,7 @@ def enqueue_call(
     at: datetime | None = None,
     delay: timedelta | None = None,
     concurrency: int | None = None,
+    rate: str | None = None,
     connection: Redis | None = None,
     settings: Settings | None = None,
 ) -> JobHandle:
@@ -151,14 +159,16 @@ def enqueue_call(
     (a time; without an offset, in the configured zone) or ``delay``, the job is
     handed to rq-scheduler, which puts it on its queue when it is due. With
     ``concurrency``, at most that many of the job (per its ``concurrency_key``)
-    are queued or running at once; the others wait their turn. Raises
+    are queued or running at once; the others wait their turn. With ``rate``
+    (``"20/s"``), at most that many start per period. Raises
     the errors of :func:`prepare` before touching Redis, and
     RedisUnavailableError when Redis does not answer.
     """
     settings = settings or get_settings()
     prepared = prepare(
         job, args, kwargs, queue=queue, job_timeout=job_timeout, retries=retries, backoff=backoff,
-        job_id=job_id, unique=unique, at=at, delay=delay, concurrency=concurrency, settings=settings,
+        job_id=job_id, unique=unique, at=at, delay=delay, concurrency=concurrency, rate=rate,
+        settings=settings,
     )  # fmt: skip
     return submit(prepared, connection or connect(settings), settings)
 
@@ -172,6 +182,8 @@ def submit(
     """Put a prepared call into Redis: on its queue, deferred behind ``depends_on``, or with rq-scheduler."""
     settings = settings or get_settings()
     job: Job
+    if depends_on and prepared.rate is not None:
+        raise InvalidArgumentsError(f"{prepared.entry.name}: a job with a rate limit cannot wait on other jobs (yet)")
     try:
         if depends_on and prepared.due is None:
             job = Queue(prepared.queue, connection=connection).enqueue_call(
@@ -221,6 +233,8 @@ def _enqueue_now(prepared: Prepared, connection: Redis, settings: Settings, pipe
     queue = Queue(prepared.queue, connection=connection)
     job = queue.create_job(prepared.entry.func, job_id=prepared.job_id, **rq_options(prepared, settings))
     job.enqueued_at = now()
+    assert isinstance(job, CatalogJob)
+    job.taskctl_rate = prepared.rate
     pipeline.sadd(queue.redis_queues_keys, queue.key)
     if job.has_rate_limit:
         # RQ's writes of a limited job, in the same round trip: saved as waiting, then let
@@ -330,11 +344,12 @@ def batch_pipeline(
     for name in sorted({call.queue for call in batch}):
         queue = Queue(name, connection=connection)
         mine = [(job_id, call) for job_id, call in zip(batch_ids, batch, strict=True) if call.queue == name]
-        # A limited job is let into its queue by its limit (RQ's script), one by one, in the same transaction.
+        # A limited job is written one by one, in the same transaction: a concurrency limit lets it into its
+        # queue (RQ's script), and a rate limit's field is its own (per key).
         for job_id, call in mine:
-            if call.rate_limit is not None:
+            if call.rate_limit is not None or call.rate is not None:
                 _enqueue_now(replace(call, job_id=job_id), connection, settings, pipeline)
-        mine = [(job_id, call) for job_id, call in mine if call.rate_limit is None]
+        mine = [(job_id, call) for job_id, call in mine if call.rate_limit is None and call.rate is None]
         if not mine:
             continue
         shapes: dict[tuple[Any, ...], list[tuple[str, Prepared]]] = {}
@@ -477,6 +492,7 @@ def _schedule(prepared: Prepared, connection: Redis, settings: Settings, pipelin
         timeout=prepared.timeout,
     )
     job.failure_ttl = settings.failure_ttl
+    job.taskctl_rate = prepared.rate
     if prepared.rate_limit is not None:  # rq-scheduler's queue.enqueue_job then enqueues it RQ's limited way
         job.rate_limit_key, job.rate_limit_concurrency = prepared.rate_limit.key, prepared.rate_limit.concurrency
     if prepared.retry is not None:

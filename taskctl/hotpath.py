@@ -55,6 +55,7 @@ from typing import Any
 import hiredis
 import rq.executions
 import rq.job
+import rq.queue
 import rq.results
 from redis import Redis
 from redis.commands.core import Script
@@ -63,6 +64,7 @@ from redis.exceptions import NoScriptError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.utils import as_text
 
+from taskctl import rates
 from taskctl.connection import lua
 from taskctl.lease import CURRENT_RUN, TASKCTL_RUNS
 
@@ -78,7 +80,9 @@ _RESULTS = rq.results.Result.get_key("")  # type: ignore[no-untyped-call,unused-
 #: KEYS: the worker's hash, the worker's execution index, then for each queue in priority
 #: order the queue and its started registry. ARGV: see ``send_step``. Returns the outcome of
 #: each ended run, and the jobs started.
-STEP = f"""
+STEP = (
+    rates.lua_functions(_JOB, rq.queue.Queue.redis_queue_namespace_prefix)
+    + f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local A = ARGV
@@ -156,6 +160,7 @@ local started, leases, runs, blocked = {{}}, {{}}, {{}}, false
 local ttl = tonumber(A[3])
 -- Scores as strings once per step: Lua formats a number each time it passes one to Redis.
 local lease_at, index_at = string.format('%.6f', now + ttl), string.format('%.6f', now + ttl + 60)
+if claim > 0 then release_due(now, claim) end
 for i = 3, #KEYS, 2 do
     while #started < claim and not blocked do
         local want = claim - #started
@@ -169,8 +174,9 @@ for i = 3, #KEYS, 2 do
         if not ids then break end
         for k, job_id in ipairs(ids) do
             local job_key = '{_JOB}' .. job_id
-            -- Four fields, not the whole hash: the worker reads that itself, after the step (see SentStep).
-            local h = redis.call('HMGET', job_key, 'status', '{CURRENT_RUN}', '{TASKCTL_RUNS}', 'ttl')
+            -- Five fields, not the whole hash: the worker reads that itself, after the step (see SentStep).
+            local h = redis.call('HMGET', job_key, 'status', '{CURRENT_RUN}', '{TASKCTL_RUNS}', 'ttl',
+                '{rates.RATE_FIELD}')
             local status, current, spent, expires = h[1], h[2], h[3], h[4]
             -- Not queued (deleted, canceled): RQ would not run it either; the next one is looked at.
             if status == 'queued' then
@@ -183,6 +189,9 @@ for i = 3, #KEYS, 2 do
                     blocked = true
                     break
                 end
+            end
+            -- Over its rate limit: set aside until it may start (taskctl.rates), and the next one looked at.
+            if status == 'queued' and not (h[5] and rate_check(job_id, h[5], now) > 0) then
                 local token = tonumber(spent or '0') + 1
                 local execution_id = A[9 + #started + 1]
                 local run = job_id .. ':' .. execution_id
@@ -211,6 +220,7 @@ end
 if #ended_runs > 0 then redis.call('SREM', KEYS[2], unpack(ended_runs)) end
 return {{outcomes, started}}
 """
+)
 
 #: Give back runs started by a step that never began (ARGV: job id, execution id, queue key and
 #: started registry of each, in queue order): each one still the job's current run goes back to

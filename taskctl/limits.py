@@ -20,9 +20,11 @@ from redis import Redis
 from rq import RateLimit
 from rq.job import Job
 from rq.rate_limit import RateLimitRegistry
+from rq.utils import as_text
 
 from taskctl.catalog import CatalogEntry
 from taskctl.exceptions import InvalidArgumentsError
+from taskctl.rates import DUE_KEY, RATE_FIELD, RATE_PREFIX, RATES_KEY, Rate, parse_rate
 from taskctl.settings import Settings
 
 #: Prefix of taskctl's limit keys in RQ's rate limit registries (``rq:rl:<key>``).
@@ -44,20 +46,54 @@ def concurrency_limit(
     number = concurrency or dict(settings.concurrency).get(entry.name) or entry.spec.concurrency
     if number is None:
         return None
-    key_of = entry.spec.concurrency_key
-    key = f"{LIMIT_PREFIX}:{entry.name}"
+    return RateLimit(f"{LIMIT_PREFIX}:{_limit_name(entry, bound, entry.spec.concurrency_key, 'concurrency_key')}",
+                     number)  # fmt: skip
+
+
+def rate_limit(entry: CatalogEntry, bound: inspect.BoundArguments, rate: str | None, settings: Settings) -> str | None:
+    """The call's rate limit as its job hash holds it (taskctl.rates), or None: the call's, the settings', the job's."""
+    text = rate or dict(settings.rates).get(entry.name) or entry.spec.rate
+    if text is None:
+        return None
+    try:
+        parsed = parse_rate(text, entry.spec.burst if text == entry.spec.rate else None)
+    except ValueError as exc:
+        raise InvalidArgumentsError(f"{entry.name}: {exc}") from None
+    return parsed.field(_limit_name(entry, bound, entry.spec.rate_key, "rate_key"))
+
+
+def _limit_name(entry: CatalogEntry, bound: inspect.BoundArguments, key_of: object, what: str) -> str:
+    """The job's name, and the value of its key (a parameter, or a function of the arguments) after a colon."""
+    name = entry.name
     if isinstance(key_of, str):
         bound.apply_defaults()
-        key += f":{bound.arguments[key_of]}"
-    elif key_of is not None:
+        name += f":{bound.arguments[key_of]}"
+    elif callable(key_of):
         try:
-            key += f":{key_of(*bound.args, **bound.kwargs)}"
+            name += f":{key_of(*bound.args, **bound.kwargs)}"
         except Exception as exc:  # the job's own code: whatever it raises is a bad call
-            raise InvalidArgumentsError(f"{entry.name}: its concurrency_key raised {exc!r}") from None
-    return RateLimit(key, number)
+            raise InvalidArgumentsError(f"{entry.name}: its {what} raised {exc!r}") from None
+    return name
 
 
 def waiting_for(job: Job) -> str:
+    """What a job with status rate_limited waits for: its rate limit's next start, or its concurrency limit."""
+    rate = getattr(job, "taskctl_rate", None)
+    if rate:
+        _, _, _, _, name = rate.split(" ", 4)
+        due = job.connection.zscore(DUE_KEY, job.id)
+        waiting = job.connection.zcard(f"{RATE_PREFIX}{name}:waiting")
+        when = f"may start in {max(0.0, due - time.time()):.1f} s" if due is not None else "back in its queue"
+        return f"rate limit {name} ({_rate_text(rate)}): {when}; {waiting} waiting"
+    return _waiting_for_a_slot(job)
+
+
+def _rate_text(field: str) -> str:
+    starts, period, _, burst, _ = field.split(" ", 4)
+    return Rate(int(starts), float(period), int(burst)).text
+
+
+def _waiting_for_a_slot(job: Job) -> str:
     """The limit a waiting job waits for, how full it is, and how many wait for it.
 
     No place in line: RQ scores the waiting jobs in whole seconds, and lets those of one
@@ -107,3 +143,48 @@ def limit_stats(connection: Redis) -> list[LimitStats]:
             waiting=waiting, oldest_wait=max(0.0, now - oldest[0][1]) if oldest else 0.0,
         ))  # fmt: skip
     return found
+
+
+@dataclass(frozen=True)
+class RateStats:
+    name: str
+    """The job's name, and the key's value after a colon for a limit per key."""
+    rate: str
+    recent_starts: int
+    """Starts in the last period (as of the last start or check)."""
+    waiting: int
+    clears_in: float
+    """Seconds until the last job set aside may start (0: none waits)."""
+
+
+def rate_stats(connection: Redis) -> list[RateStats]:
+    """Every rate limit that has started or set aside a job in the last period; one round trip for all."""
+    names = sorted(name.decode() for name in connection.smembers(RATES_KEY))  # type: ignore[union-attr]
+    with connection.pipeline(transaction=False) as pipeline:
+        for name in names:
+            pipeline.zrange(f"{RATE_PREFIX}{name}", 0, 0)
+            pipeline.zcard(f"{RATE_PREFIX}{name}")
+            pipeline.zcard(f"{RATE_PREFIX}{name}:waiting")
+            pipeline.zrange(f"{RATE_PREFIX}{name}:waiting", -1, -1, withscores=True)
+        replies = pipeline.execute()
+    found, now = [], time.time()
+    for n, name in enumerate(names):
+        _, starts, waiting, last = replies[4 * n : 4 * n + 4]
+        if not starts and not waiting:
+            connection.srem(RATES_KEY, name)  # idle for a period: its log has expired
+            continue
+        found.append(RateStats(name=name, rate=_rate_of(connection, name), recent_starts=starts, waiting=waiting,
+                               clears_in=max(0.0, last[0][1] - now) if last else 0.0))  # fmt: skip
+    return found
+
+
+def _rate_of(connection: Redis, name: str) -> str:
+    """The rate a limit was last checked with, from a job under it (its log's latest entry names one)."""
+    log = f"{RATE_PREFIX}{name}"
+    members: list[bytes] = connection.zrange(log, -1, -1) or connection.zrange(f"{log}:waiting", 0, 0)  # type: ignore[assignment]
+    newest = [as_text(member) for member in members]
+    if not newest:
+        return "-"
+    job_id = newest[0].rsplit(":", 1)[0] if ":" in newest[0] else newest[0]
+    field = connection.hget(Job.key_for(job_id), RATE_FIELD)
+    return _rate_text(as_text(field)) if field else "-"

@@ -23,6 +23,7 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
+from taskctl import rates
 from taskctl.catalog import get_catalog
 from taskctl.connection import lua
 from taskctl.exceptions import JobNotAllowedError, LeaseLostError, PermanentError, UnreadableJobError
@@ -73,6 +74,14 @@ class CatalogJob(rq.job.Job):
         self.fencing_token = 0
         #: The execution (RQ's record of this run) whose lease every write of its outcome must hold.
         self.fenced_by: Any = None
+        #: The job's rate limit as its hash holds it (taskctl.rates), or None.
+        self.taskctl_rate: str | None = None
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
+        fields: dict[str, Any] = super().to_dict(include_meta, include_result)
+        if self.taskctl_rate:
+            fields[rates.RATE_FIELD] = self.taskctl_rate
+        return fields
 
     @property
     def started_job_registry(self) -> LeaseRegistry:
@@ -93,6 +102,8 @@ class CatalogJob(rq.job.Job):
             self.meta, self._unreadable_meta = dict(UNREADABLE_META), None
         runs = raw_data.get(TASKCTL_RUNS.encode(), raw_data.get(TASKCTL_RUNS))
         self.taskctl_runs = int(runs) if runs else 0
+        rate = raw_data.get(rates.RATE_FIELD.encode(), raw_data.get(rates.RATE_FIELD))
+        self.taskctl_rate = as_text(rate) if rate else None
         return restored
 
     def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
@@ -181,13 +192,28 @@ def retries_owed(job: CatalogJob) -> int:
 #: intermediate list in the same step: a worker killed right after this has lost
 #: nothing, the maintenance pass gives the job back (ClaimedJobs). The job's hash
 #: comes back with it, which saves the worker a round trip per job.
-CLAIM_SCRIPT = """
+CLAIM_SCRIPT = (
+    rates.lua_functions(rq.job.Job.redis_job_namespace_prefix, rq.Queue.redis_queue_namespace_prefix)
+    + f"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+release_due(now, 16)
 for _, key in ipairs(KEYS) do
-    local job_id = redis.call('LMOVE', key, key .. ':intermediate', 'LEFT', 'RIGHT')
-    if job_id then return {key, job_id, redis.call('HGETALL', ARGV[1] .. job_id)} end
+    while true do
+        local job_id = redis.call('LMOVE', key, key .. ':intermediate', 'LEFT', 'RIGHT')
+        if not job_id then break end
+        local h = redis.call('HMGET', ARGV[1] .. job_id, 'status', '{rates.RATE_FIELD}')
+        if not (h[1] == 'queued' and h[2] and rate_check(job_id, h[2], now) > 0) then
+            return {{key, job_id, redis.call('HGETALL', ARGV[1] .. job_id)}}
+        end
+        redis.call('RPOP', key .. ':intermediate')  -- set aside by its rate limit (taskctl.rates)
+    end
 end
+local due = redis.call('ZRANGE', '{rates.DUE_KEY}', 0, 0, 'WITHSCORES')
+if due[2] then return tostring(tonumber(due[2]) - now) end
 return false
 """
+)
 #: Seconds a job may sit claimed (in an intermediate list) but not started before it is
 #: given back: a live worker starts its claim within milliseconds.
 CLAIM_GRACE_SECONDS = 5
@@ -326,7 +352,7 @@ class Queue(rq.Queue):
             claimed = lua(connection, CLAIM_SCRIPT)(
                 keys=keys, args=[CatalogJob.redis_job_namespace_prefix], client=connection
             )
-            if claimed:
+            if isinstance(claimed, list):
                 queue_key, job_id = (part.decode() if isinstance(part, bytes) else part for part in claimed[:2])
                 if not claimed[2]:  # the job hash is gone
                     connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
@@ -340,6 +366,8 @@ class Queue(rq.Queue):
             wait = min(IDLE_POLL_SECONDS, max(timeout - waited, 0))
             if wait <= 0:
                 raise DequeueTimeout(timeout, keys)
+            if claimed:  # seconds until a job set aside by its rate limit is due: be there then
+                wait = min(wait, max(float(claimed), 0.001))
             connection.blpop(wakeup_keys, wait)
             waited += wait
 

@@ -61,6 +61,8 @@ class Settings:
     # Concurrency limits set here rather than in the code (TASKCTL_CONCURRENCY="send_email=2
     # update_stock=1"): they replace what a job declares, as an operator's knob should.
     concurrency: tuple[tuple[str, int], ...] = ()
+    # Rate limits the same way (TASKCTL_RATES="send_email=10/s push=100/m"), replacing declared ones.
+    rates: tuple[tuple[str, str], ...] = ()
     # With Sentinel: the sentinels' own password (the data password is in REDIS_URL), and
     # how many replicas must confirm each enqueue (Redis WAIT) before it counts as done.
     sentinel_password: str = field(default="", repr=False)
@@ -192,6 +194,19 @@ def _concurrency(value: str) -> tuple[tuple[str, int], ...]:
     return tuple(limits)
 
 
+def _rates(value: str) -> tuple[tuple[str, str], ...]:
+    limits = []
+    for word in value.replace(",", " ").split():
+        job_name, _, rate = word.partition("=")
+        if not job_name or not re.fullmatch(r"\d+/(\d+(\.\d+)?)?[smhd]", rate) or rate.startswith("0/"):
+            raise SettingsError(
+                f"TASKCTL_RATES: {word!r} is not job=RATE; expected a job's name, '=', and starts per period,"
+                " e.g. send_email=10/s push=100/m report=5/30s"
+            )
+        limits.append((job_name, rate))
+    return tuple(limits)
+
+
 def _number(name: str, value: str, kind: type[int] | type[float], minimum: float | None = None) -> int | float:
     try:
         number = kind(value)
@@ -283,6 +298,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         prefetch=_prefetch(env),
         job_memory_limit_mb=int(number("TASKCTL_JOB_MEMORY_LIMIT_MB", defaults.job_memory_limit_mb, minimum=0)),
         concurrency=_concurrency(env.get("TASKCTL_CONCURRENCY", "")),
+        rates=_rates(env.get("TASKCTL_RATES", "")),
         failure_ttl=int(number("TASKCTL_FAILURE_TTL", defaults.failure_ttl)),
         sentinel_password=env.get("TASKCTL_SENTINEL_PASSWORD", ""),
         replica_acks=int(number("TASKCTL_REPLICA_ACKS", defaults.replica_acks, minimum=0)),

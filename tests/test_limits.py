@@ -6,6 +6,7 @@ start and end), never from a status.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -75,8 +76,21 @@ def test_a_bad_concurrency_declaration_fails_at_import_naming_the_job() -> None:
     with pytest.raises(ValueError, match=r"job send: concurrency_key 'domain' names no parameter of the job; "
                                          r"expected one of \['to'\]"):  # fmt: skip
         job(concurrency=2, concurrency_key="domain")(send)
-    with pytest.raises(ValueError, match=r"job send: concurrency_key needs a concurrency"):
+    with pytest.raises(ValueError, match=r"job send: concurrency_key needs its limit \(concurrency\) too"):
         job(concurrency_key="to")(send)
+    with pytest.raises(ValueError, match=r"job send: rate 'ten/s' is not starts per period; expected e.g. 20/s, 100/m"):
+        job(rate="ten/s")(send)
+    with pytest.raises(ValueError, match=r"job send: rate '10/fortnight' is not starts per period"):
+        job(rate="10/fortnight")(send)
+    with pytest.raises(ValueError, match=r"job send: rate '0/s' is not starts per period"):
+        job(rate="0/s")(send)
+    with pytest.raises(ValueError, match=r"job send: burst must be a whole number from 1 to the rate's 10, got 11"):
+        job(rate="10/s", burst=11)(send)
+    with pytest.raises(ValueError, match=r"job send: rate_key 'domain' names no parameter of the job"):
+        job(rate="10/s", rate_key="domain")(send)
+    with pytest.raises(ValueError, match=r"job send: a job takes a concurrency limit or a rate limit, not both"):
+        job(rate="10/s", concurrency=2)(send)
+    assert job(rate="5/30s", burst=2, rate_key=lambda to: to.split("@")[1])(send) is send
 
 
 def test_a_bad_concurrency_setting_or_call_is_refused_with_what_is_expected(configured: str, redis: Redis) -> None:
@@ -90,6 +104,11 @@ def test_a_bad_concurrency_setting_or_call_is_refused_with_what_is_expected(conf
     result = taskctl("enqueue", "add", "1", "2", "--concurrency", "0")
     assert result.exit_code == 2
     assert "Invalid value for '--concurrency': 0 is not in the range x>=1." in result.output
+    result = taskctl("enqueue", "add", "1", "2", "--rate", "fast")
+    assert result.exit_code == 2
+    assert "add: rate 'fast' is not starts per period; expected e.g. 20/s, 100/m, 5/30s" in result.output
+    with pytest.raises(SettingsError, match=r"TASKCTL_RATES: 'send_email=10/fortnight' is not job=RATE"):
+        load_settings({"TASKCTL_RATES": "send_email=10/fortnight"})
     result = taskctl("enqueue", "update_stock", "/tmp/x", "sku-1", "t", "0", "--job-id", "u1", "--unique")
     assert result.exit_code == 2
     assert "update_stock: unique and a concurrency limit do not go together" in result.output
@@ -198,3 +217,49 @@ def test_a_worker_killed_holding_a_slot_gives_it_back_within_the_recovery_bound(
     assert most_at_once(finished_spans(found, "sku-1/")) == 1
     assert recovered_after < 30 + 5  # the recovery bound, and the two short runs after it
     assert redis.zcard("rq:rl:taskctl:update_stock:sku-1:allowed") == 0  # no slot left held
+
+
+def test_a_rate_limit_starts_no_more_than_its_budget_in_any_window_and_unlimited_jobs_go_on(
+    workers: Callable[[], subprocess.Popen[bytes]], redis: Redis, tmp_path: Path
+) -> None:
+    """20 per second, 4 workers on 2 queues: any one-second window of starts, slid over the run, holds 20 at most."""
+    log = tmp_path / "runs.log"
+    paced = [enqueue_call("paced_tally", (str(log), f"R{i}", 0.0), queue=("high", "default")[i % 2]).id
+             for i in range(70)]  # fmt: skip
+    plain = [enqueue_call("tally", (str(log), f"P{i}", 0.01), queue=("high", "default")[i % 2]).id for i in range(40)]
+    for _ in range(4):
+        workers()
+
+    final = wait_until_final(redis, paced + plain, timeout=120)
+
+    assert set(final.values()) == {"finished"}, final
+    found = runs(log)
+    assert sorted(len(found[f"R{i}"]) for i in range(70)) == [1] * 70  # each ran once: set aside, never failed
+    starts = sorted(s for s, _ in finished_spans(found, "R"))
+    in_any_second = max(sum(1 for t in starts if first <= t < first + 1.0) for first in starts)
+    assert 15 <= in_any_second <= 20  # the budget, used and never passed
+    assert starts[-1] - starts[0] >= 70 / 20 - 1  # 70 starts at 20 a second take 2.5 s at least
+    assert max(e for _, e in finished_spans(found, "P")) < starts[-1]  # the unlimited ones did not wait
+    assert redis.zcard("taskctl:rate:due") == 0
+    assert {redis.hget(f"rq:job:{i}", "retries_left") for i in paced} == {b"3"}  # set aside, never charged
+
+
+def test_a_job_set_aside_by_its_rate_says_when_it_may_start(configured: str, redis: Redis, tmp_path: Path) -> None:
+    from taskctl.rqclasses import Queue
+
+    log = str(tmp_path / "runs.log")
+    ids = [enqueue_call("paced_tally", (log, f"t{i}", 0.0), rate="1/m").id for i in range(2)]
+    queue = Queue("default", connection=redis)
+    first = Queue.dequeue_any([queue], None, connection=redis)  # a worker's claim: the first may start
+    second = Queue.dequeue_any([queue], None, connection=redis)  # the second is set aside for a minute
+
+    assert first is not None and first[0].id == ids[0] and second is None
+    status = taskctl("status", ids[1]).output
+    assert "status:        rate_limited\n" in status
+    assert re.search(
+        r"waiting for:   rate limit paced_tally \(1/60s\): may start in (59|60)\.\d s; 1 waiting\n", status
+    )
+    stats = taskctl("stats").output
+    assert re.search(
+        r"RATE LIMIT +RATE +STARTS IN PERIOD +WAITING +CLEARS IN\npaced_tally +1/60s +1 +1 +(59|60)\.\ds", stats
+    )

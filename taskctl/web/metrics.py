@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
 
 from taskctl.exceptions import OutboxUnavailableError
-from taskctl.limits import limit_stats
+from taskctl.limits import limit_stats, rate_stats
 from taskctl.outbox_ops import opened, outbox_stats
 from taskctl.settings import Settings
 from taskctl.stats import queue_stats, scheduler_stats, workers
@@ -70,6 +70,19 @@ class TaskctlCollector(Collector):
             for family, value in zip(families, (limit.running, limit.waiting, limit.oldest_wait), strict=True):
                 family.add_metric([limit.name], value)
         yield from families
+        rate_families = (
+            GaugeMetricFamily("taskctl_rate_recent_starts", "Starts of a rate limit in its last period.",
+                              labels=["limit"]),
+            GaugeMetricFamily("taskctl_rate_waiting", "Jobs set aside by a rate limit until they may start.",
+                              labels=["limit"]),
+            GaugeMetricFamily("taskctl_rate_clears_in_seconds",
+                              "Seconds until the last job a rate limit set aside may start (0: none waits).",
+                              labels=["limit"]),
+        )  # fmt: skip
+        for rate in rate_stats(self.connection):
+            for family, value in zip(rate_families, (rate.recent_starts, rate.waiting, rate.clears_in), strict=True):
+                family.add_metric([rate.name], value)
+        yield from rate_families
 
 
 class OutboxCollector(Collector):
