@@ -18,9 +18,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from redis import Redis
 
 from taskctl.enqueue import enqueue_call
 from taskctl.handle import JobHandle
+from taskctl.rqclasses import Queue
 from taskctl.workflows import Call, chain
 from tests.conftest import ROOT, fetch, run_burst_worker, taskctl
 from tests.test_enqueue_cli import job_id_from
@@ -177,10 +179,15 @@ def test_the_outbox_page_shows_waiting_and_stuck_rows_from_the_navigation(
 
 
 def test_the_limits_page_shows_each_limit_in_use_and_waiting_from_the_navigation(
-    web: Callable[..., str], page: Any, tmp_path: Path
+    web: Callable[..., str], page: Any, redis: Redis, tmp_path: Path
 ) -> None:
     for i in range(3):
         taskctl("enqueue", "update_stock", str(tmp_path / "runs.log"), "sku-1", f"t{i}", "0")
+    for i in range(2):
+        taskctl("enqueue", "paced_tally", str(tmp_path / "runs.log"), f"p{i}", "0", "--rate", "1/m")
+    queue = Queue("default", connection=redis)
+    while Queue.dequeue_any([queue], None, connection=redis):  # a worker's claims: one starts, one is set aside
+        pass
     base = web()
 
     page.goto(base + "/")
@@ -190,6 +197,9 @@ def test_the_limits_page_shows_each_limit_in_use_and_waiting_from_the_navigation
     cells = page.locator("#limits tbody tr", has_text="update_stock:sku-1").locator("td").all_inner_texts()
     assert cells[:4] == ["update_stock:sku-1", "1", "1", "2"]
     assert re.fullmatch(r"\d+s", cells[4])
+    cells = page.locator("#rates tbody tr", has_text="paced_tally").locator("td").all_inner_texts()
+    assert cells[:4] == ["paced_tally", "1/60s", "1", "1"]
+    assert re.fullmatch(r"(59|60)\.\ds", cells[4])
     screenshot(page, "limits")
 
 

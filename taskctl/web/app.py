@@ -174,8 +174,8 @@ def schedules(instance_number: int) -> Response:
 @pages.route("/limits", defaults={"instance_number": 0})
 @pages.route("/<int:instance_number>/view/limits")
 def limits(instance_number: int) -> Response:
-    """Each concurrency limit: how many slots are in use, how many jobs wait for one, and for how long."""
-    from taskctl.limits import limit_stats
+    """Each concurrency limit (slots in use, jobs waiting, for how long) and rate limit (starts, jobs set aside)."""
+    from taskctl.limits import limit_stats, rate_stats
 
     settings = _settings()
     return _page(
@@ -183,6 +183,7 @@ def limits(instance_number: int) -> Response:
         "limits",
         instance_number,
         limits=limit_stats(_redis()),
+        rates=rate_stats(_redis()),
         now=show_time(datetime.now(UTC), settings.tz),
         timezone=settings.timezone,
     )
