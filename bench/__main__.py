@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SYSTEMS = ("taskctl", "rq worker", "rq SimpleWorker", "celery prefork", "dramatiq", "huey")
 #: What --systems also takes that is not a queue system: measured in turn with them, reported apart.
-SECTIONS = ("outbox",)
+SECTIONS = ("outbox", "limits")
+#: The limits section's jobs: none, a concurrency limit and a rate limit, neither ever binding.
+LIMIT_JOBS = (("unlimited", "noop"), ("concurrency limit", "noop_limited"), ("rate limit", "noop_paced"))
 #: Job-running processes per system, unless --workers says otherwise.
 WORKERS = 2
 #: Systems whose one command starts a parent that runs the job-running processes as its children.
@@ -262,7 +264,7 @@ def redis_counters(redis: Redis) -> tuple[int, float]:
 
 
 def redis_cost(
-    client: Client, system: str, url: str, env: dict[str, str], jobs: int, count: int
+    client: Client, system: str, url: str, env: dict[str, str], jobs: int, count: int, job: str = "noop"
 ) -> tuple[float, float]:
     """Redis commands and CPU microseconds per no-op job, for the workers alone.
 
@@ -272,10 +274,10 @@ def redis_cost(
     timed, so the workers are not given time to settle.
     """
     client.redis.flushdb()
-    client.enqueue_bulk("noop", jobs)
+    client.enqueue_bulk(job, jobs)
     calls_before, cpu_before = redis_counters(client.redis)
     with workers(system, url, env, count, settle=False):
-        wait_until_done(client, "noop", jobs, 600, 0.2)
+        wait_until_done(client, job, jobs, 600, 0.2)
         calls_after, cpu_after = redis_counters(client.redis)
     return (calls_after - calls_before) / jobs, (cpu_after - cpu_before) / jobs * 1e6
 
@@ -322,6 +324,30 @@ def run_system(
     return figures
 
 
+def run_limits(url: str, env: dict[str, str], jobs: int, count: int = WORKERS) -> dict[str, dict[str, float]]:
+    """taskctl's no-op jobs with no limit, a concurrency limit and a rate limit (neither binding): what each costs."""
+    client = Client("taskctl", url)
+    figures: dict[str, dict[str, float]] = {}
+    with workers("taskctl", url, env, count) as processes:
+        for label, job in LIMIT_JOBS:
+            figures[label] = {"jobs_per_s": drain(client, job, jobs, processes, timeout=600)[0]}
+    for label, job in LIMIT_JOBS:
+        commands, cpu = redis_cost(client, "taskctl", url, env, jobs, count, job)
+        figures[label] |= {"commands_per_job": commands, "redis_cpu_us_per_job": cpu}
+    client.redis.flushdb()
+    return figures
+
+
+def report_limits(medians: dict[str, dict[str, float]]) -> None:
+    print("\nlimits (issue 21): taskctl no-op jobs under a limit that never binds, and without one")
+    print(f"  {'job':<20}{'jobs/s':>10}{'commands/job':>14}{'Redis CPU/job':>15}{'vs unlimited':>14}")
+    base = medians["unlimited"]
+    for label, figures in medians.items():
+        ratio = figures["jobs_per_s"] / base["jobs_per_s"]
+        print(f"  {label:<20}{figures['jobs_per_s']:>10,.0f}{figures['commands_per_job']:>14.1f}"
+              f"{figures['redis_cpu_us_per_job']:>12.1f} µs{ratio:>13.2f}x")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000, help="no-op jobs per measurement (default 2000)")
@@ -358,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: env[k] for k in ("REDIS_URL", "TASKCTL_JOB_PACKAGES")})
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems if s in SYSTEMS}
     outbox_runs: list[dict[str, dict[str, float]]] = []
+    limit_runs: list[dict[str, dict[str, float]]] = []
     databases: dict[str, str] = {}
     postgres_url = ""
     with tempfile.TemporaryDirectory() as data, redis_server(port, Path(data)), contextlib.ExitStack() as stack:
@@ -371,12 +398,21 @@ def main(argv: list[str] | None = None) -> int:
                 if system == "outbox":
                     outbox_runs.append(outbox.run(url, env, postgres_url, Path(data), sizes, redis_counters))
                     continue
+                if system == "limits":
+                    limit_runs.append(run_limits(url, env, args.jobs, args.workers))
+                    continue
                 runs[system].append(
                     run_system(system, url, env, args.jobs, args.io_jobs, args.latency_samples, args.workers)
                 )
     medians = {s: {k: statistics.median(r[k] for r in runs[s]) for k in runs[s][0]} for s in runs}
     if medians:
         report(medians)
+    limit_medians = {
+        label: {key: statistics.median(run[label][key] for run in limit_runs) for key in limit_runs[0][label]}
+        for label, _ in LIMIT_JOBS
+    } if limit_runs else {}  # fmt: skip
+    if limit_medians:
+        report_limits(limit_medians)
     outbox_figures: dict[str, Any] = {}
     if outbox_runs:
         outbox_medians = outbox.medians(outbox_runs)
@@ -387,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     # The Redis URL too, so that a test can look for any process the run left behind (their REDIS_URL).
     args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": str(args.json)},
                                      "redis_url": url, "medians": medians, "runs": runs,
-                                     "outbox": outbox_figures}, indent=2))  # fmt: skip
+                                     "outbox": outbox_figures,
+                                     "limits": {"medians": limit_medians, "runs": limit_runs}}, indent=2))  # fmt: skip
     print(f"\nfigures written to {args.json}")
     return 0
 

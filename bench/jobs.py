@@ -62,3 +62,15 @@ def stamp(sent_at: float) -> float:
     latency = time.time() - sent_at
     _connection().rpush(STAMPS_KEY, latency)
     return latency
+
+
+@job(result_ttl=0, concurrency=100_000)
+def noop_limited() -> None:
+    """A no-op under a concurrency limit that never binds: what the limit itself costs."""
+    _connection().incr(DONE_KEY)
+
+
+@job(result_ttl=0, rate="1000000/s")
+def noop_paced() -> None:
+    """A no-op under a rate limit that never binds: what the check at each start costs."""
+    _connection().incr(DONE_KEY)

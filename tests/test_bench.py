@@ -114,3 +114,20 @@ def test_the_outbox_section_runs_alone_and_reports_both_databases(tmp_path: Path
         assert all(values[key] > 0 for key in measured), (database, values)
     # The relay processes it started (python -m taskctl.relay, one per database) are gone.
     assert left_behind(figures["redis_url"]) == []
+
+
+def test_the_limits_section_reports_what_each_kind_of_limit_costs(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--systems", "limits", "--jobs", "20", "--repeats", "1", "--workers", "1",
+         "--json", str(out)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    medians = json.loads(out.read_text())["limits"]["medians"]
+    assert set(medians) == {"unlimited", "concurrency limit", "rate limit"}
+    for label, values in medians.items():
+        assert values["jobs_per_s"] > 0 and values["commands_per_job"] > 1, label
+        assert label in done.stdout
+    assert "limits (issue 21): taskctl no-op jobs under a limit that never binds" in done.stdout
