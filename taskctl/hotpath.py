@@ -19,7 +19,9 @@ the started jobs' hashes in one pipeline (``SentStep`` says why not in the scrip
   step registered as runs, as taskctl.lease's start script does it (a lease
   scored on Redis's clock, the next fencing token, the run named in the job
   hash), with RQ's execution records: there is no moment when a job is neither
-  in its queue nor started, so no intermediate list to recover.
+  in its queue nor started, so no intermediate list to recover. A job over its rate
+  limit is set aside there instead of started, and the jobs set aside whose time has
+  come go back to the front of their queues first (taskctl.rates).
 
 The worker asks for several jobs only while its jobs are short (taskctl.worker):
 a round trip is then a large share of each job, and the jobs started with the
@@ -40,7 +42,7 @@ others shows as started (by its worker, which holds it) a few milliseconds
 before it begins.
 
 Whatever is not a plain success (a failure, a retry, a job with dependents or
-dependencies, a repeat, a rate limit or a group) goes RQ's way, as before, and
+dependencies, a repeat, a concurrency limit (RQ's rate_limit) or a group) goes RQ's way, and
 so does an idle worker, which blocks until a job arrives (``Queue.dequeue_any``).
 """
 

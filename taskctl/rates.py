@@ -13,10 +13,10 @@ the first one is due), and the jobs behind it on its queue go on.
 Each limit keeps a log of its starts in the last period (a sorted set): a start
 is allowed while fewer than N are in it, and, with a burst B below N, while
 fewer than B are in the last B/N of the period. Jobs set aside are spaced by
-period/N from the first moment one could start, so that they come back one by one.
-Keys: ``taskctl:rate:<limit>`` (the log), ``<log>:waiting`` (the jobs set aside),
-``<log>:next`` (where the next one set aside goes), ``taskctl:rate:due`` (all of
-them, by due time, for the claims) and ``taskctl:rates`` (the limits' names).
+period/N behind the last one waiting (or from the first moment one could start), so
+that they come back one by one. Keys: ``taskctl:rate:<limit>`` (the log),
+``<log>:waiting`` (the jobs set aside, by due time), ``taskctl:rate:due`` (all of
+them, for the claims) and ``taskctl:rates`` (the limits' names).
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ local function rate_check(job_id, spec, now)
         redis.call('PEXPIRE', log, math.ceil(p * 1000) + 1000)
         return 0
     end
-    local next_key = log .. ':next'
-    local at = math.max(due, tonumber(redis.call('GET', next_key) or '0'))
-    redis.call('SET', next_key, string.format('%.6f', at + p / n), 'PX', math.ceil((at - now + p) * 1000) + 1000)
+    -- Behind the last one set aside, one interval (period/N) later: they come back one by one.
+    local last = redis.call('ZRANGE', log .. ':waiting', -1, -1, 'WITHSCORES')[2]
+    local at = last and math.max(due, tonumber(last) + p / n) or due
     local at_text = string.format('%.6f', at)
     redis.call('HSET', '{job_prefix}' .. job_id, 'status', 'rate_limited')
     redis.call('ZADD', '{DUE_KEY}', at_text, job_id)

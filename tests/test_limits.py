@@ -21,7 +21,7 @@ from taskctl.enqueue import enqueue_call
 from taskctl.exceptions import InvalidArgumentsError, SettingsError
 from taskctl.settings import get_settings, load_settings
 from taskctl.stack import stop
-from tests.conftest import ROOT, taskctl, worker_command
+from tests.conftest import ROOT, SUMMARIES, taskctl, worker_command
 from tests.test_faults import wait_until_final
 
 
@@ -163,6 +163,10 @@ def test_four_workers_on_two_queues_never_run_more_than_the_limit_and_unlimited_
     found = runs(log)
     assert sorted(len(found[f"L{i}"]) for i in range(24)) == [1] * 24  # each ran once
     limited_spans = finished_spans(found, "L")
+    SUMMARIES.append(
+        f"limits: concurrency 2, 4 workers, 2 queues, 24 jobs: at most {most_at_once(limited_spans)} "
+        f"at once; 40 unlimited jobs on the same queues all ended before the last limited one began"
+    )
     assert most_at_once(limited_spans) == 2  # the limit, reached, never passed
     # 24 limited jobs of 0.2 s, two at a time, take 2.4 s at least; the unlimited ones, queued behind
     # them, all ended while limited jobs still waited their turn.
@@ -215,6 +219,10 @@ def test_a_worker_killed_holding_a_slot_gives_it_back_within_the_recovery_bound(
     assert [end is None for _, end in found["sku-1/first"]] == [True, False]  # cut off by the kill, then run again
     assert len(found["sku-1/second"]) == 1
     assert most_at_once(finished_spans(found, "sku-1/")) == 1
+    SUMMARIES.append(
+        f"limits: a worker SIGKILLed holding the only slot of a key: its run retried and the job "
+        f"behind it finished {recovered_after:.1f} s after the kill"
+    )
     assert recovered_after < 30 + 5  # the recovery bound, and the two short runs after it
     assert redis.zcard("rq:rl:taskctl:update_stock:sku-1:allowed") == 0  # no slot left held
 
@@ -237,6 +245,10 @@ def test_a_rate_limit_starts_no_more_than_its_budget_in_any_window_and_unlimited
     assert sorted(len(found[f"R{i}"]) for i in range(70)) == [1] * 70  # each ran once: set aside, never failed
     starts = sorted(s for s, _ in finished_spans(found, "R"))
     in_any_second = max(sum(1 for t in starts if first <= t < first + 1.0) for first in starts)
+    SUMMARIES.append(
+        f"limits: rate 20/s, 4 workers, 2 queues, 70 jobs: at most {in_any_second} starts in any "
+        f"second, over {starts[-1] - starts[0]:.2f} s; each ran once, no retry spent"
+    )
     assert 15 <= in_any_second <= 20  # the budget, used and never passed
     assert starts[-1] - starts[0] >= 70 / 20 - 1  # 70 starts at 20 a second take 2.5 s at least
     assert max(e for _, e in finished_spans(found, "P")) < starts[-1]  # the unlimited ones did not wait
