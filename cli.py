@@ -405,20 +405,16 @@ def stats(watch: bool, interval: float, count: int | None) -> None:
                 for s in queue_stats(connection, settings)
             ],
         )
-        limits = limit_stats(connection)
-        if limits:
-            click.echo()
-            _table(
-                ("LIMIT", "AT ONCE", "IN USE", "WAITING", "LONGEST WAIT"),
-                [(s.name, s.concurrency, s.running, s.waiting, f"{s.oldest_wait:.0f}s") for s in limits],
-            )
-        rates = rate_stats(connection)
-        if rates:
-            click.echo()
-            _table(
-                ("RATE LIMIT", "RATE", "STARTS IN PERIOD", "WAITING", "CLEARS IN"),
-                [(s.name, s.rate, s.recent_starts, s.waiting, f"{s.clears_in:.1f}s") for s in rates],
-            )
+        limit_tables = (
+            (("LIMIT", "AT ONCE", "IN USE", "WAITING", "LONGEST WAIT"),
+             [(s.name, s.concurrency, s.running, s.waiting, f"{s.oldest_wait:.0f}s") for s in limit_stats(connection)]),
+            (("RATE LIMIT", "RATE", "STARTS IN PERIOD", "WAITING", "CLEARS IN"),
+             [(r.name, r.rate, r.recent_starts, r.waiting, f"{r.clears_in:.1f}s") for r in rate_stats(connection)]),
+        )  # fmt: skip
+        for headers, rows in limit_tables:
+            if rows:  # shown only where limits are in use
+                click.echo()
+                _table(headers, rows)
         alive = workers(connection)
         busy = sum(1 for w in alive if w.state == "busy")
         scheduled = scheduler_stats(connection)
