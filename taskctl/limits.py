@@ -6,8 +6,10 @@ nothing behind it on its queue waits; each end of a run (success, failure,
 recovery of a dead worker's run) lets the oldest waiting job into its queue, and
 workers' maintenance frees a slot whose job is gone. A limit's slot is held from
 the queue to the end of the run, so a limit counts queued and running jobs.
-This module decides which limit a call falls under (its declaration, the settings,
-the call) and describes a waiting job; RQ's data model is kept (``rq:rl:<key>``).
+Rate limits (at most N starts per period) are taskctl's own: taskctl.rates.
+This module decides which limits a call falls under (the call's, the settings', the
+declaration's), names them (the job, and its key's value), and describes them and the
+jobs waiting for them; RQ's data model is kept (``rq:rl:<key>``).
 """
 
 from __future__ import annotations
