@@ -453,8 +453,15 @@ def with_id(call: Prepared) -> Prepared:
 
 
 def rq_data(call: Prepared, settings: Settings) -> Any:
-    """RQ's EnqueueData for a prepared call (for Queue.enqueue_many and Group.enqueue_many)."""
-    return Queue.prepare_data(call.entry.func, job_id=call.job_id, **rq_options(call, settings))
+    """RQ's EnqueueData for a prepared call (for Queue.enqueue_many and Group.enqueue_many).
+
+    RQ's EnqueueData carries no rate limit: a limited job in a group is refused, not run unlimited.
+    """
+    if call.rate_limit is not None or call.rate is not None:
+        raise InvalidArgumentsError(f"{call.entry.name}: a job with a limit cannot be part of a group (yet)")
+    options = rq_options(call, settings)
+    del options["rate_limit"]
+    return Queue.prepare_data(call.entry.func, job_id=call.job_id, **options)
 
 
 def rq_options(call: Prepared, settings: Settings) -> dict[str, Any]:

@@ -275,3 +275,11 @@ def test_a_job_set_aside_by_its_rate_says_when_it_may_start(configured: str, red
     assert re.search(
         r"RATE LIMIT +RATE +STARTS IN PERIOD +WAITING +CLEARS IN\npaced_tally +1/60s +1 +1 +(59|60)\.\ds", stats
     )
+
+
+def test_a_limited_job_in_a_group_is_refused_and_nothing_is_written(configured: str, redis: Redis) -> None:
+    from taskctl.workflows import Call, group
+
+    with pytest.raises(InvalidArgumentsError, match=r"update_stock: a job with a limit cannot be part of a group"):
+        group(Call("add", (1, 2)), Call("update_stock", ("/tmp/x", "sku-1", "t", 0.0)))
+    assert redis.keys("*") == []
