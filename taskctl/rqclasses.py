@@ -267,6 +267,8 @@ class ClaimedJobs(IntermediateQueue):
 WAKEUP_TOKENS_KEPT = 100
 #: An idle worker looks at its queues at least this often, for jobs pushed without a token.
 IDLE_POLL_SECONDS = 1
+#: The shortest wait an idle worker asks Redis for (see Queue.dequeue_any).
+SHORTEST_BLOCK_SECONDS = 0.01
 
 
 def wakeup_key(queue_key: str) -> str:
@@ -363,11 +365,14 @@ class Queue(rq.Queue):
                 return job, queue
             if timeout is None:
                 return None
-            wait = min(IDLE_POLL_SECONDS, max(timeout - waited, 0))
+            wait = min(IDLE_POLL_SECONDS, timeout - waited)
             if wait <= 0:
                 raise DequeueTimeout(timeout, keys)
             if claimed:  # seconds until a job set aside by its rate limit is due: be there then
-                wait = min(wait, max(float(claimed), 0.001))
+                wait = min(wait, float(claimed))
+            # Redis reads a timeout in whole milliseconds, rounding down, and takes 0 for "block
+            # forever": a worker asked to wait 1 ms slept until the next token, 15 s once.
+            wait = max(wait, SHORTEST_BLOCK_SECONDS)
             connection.blpop(wakeup_keys, wait)
             waited += wait
 

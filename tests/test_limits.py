@@ -283,3 +283,22 @@ def test_a_limited_job_in_a_group_is_refused_and_nothing_is_written(configured: 
     with pytest.raises(InvalidArgumentsError, match=r"update_stock: a job with a limit cannot be part of a group"):
         group(Call("add", (1, 2)), Call("update_stock", ("/tmp/x", "sku-1", "t", 0.0)))
     assert redis.keys("*") == []
+
+
+def test_an_idle_worker_asked_to_wait_under_a_millisecond_does_not_block_forever(
+    configured: str, redis_url: str
+) -> None:
+    """Redis reads a BLPOP timeout in whole milliseconds and takes 0 for "forever".
+
+    A job set aside by its rate limit makes an idle worker wait exactly until it is due,
+    which may be under a millisecond away; a worker once slept 15 s there.
+    """
+    from rq.exceptions import DequeueTimeout
+
+    from taskctl.rqclasses import Queue
+
+    client = Redis.from_url(redis_url, socket_timeout=3)  # a wait Redis took for "forever" ends in TimeoutError
+    started = time.monotonic()
+    with pytest.raises(DequeueTimeout):
+        Queue.dequeue_any([Queue("default", connection=client)], 0.0005, connection=client)
+    assert time.monotonic() - started < 1
