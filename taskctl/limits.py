@@ -164,14 +164,13 @@ def rate_stats(connection: Redis) -> list[RateStats]:
     names = sorted(name.decode() for name in connection.smembers(RATES_KEY))  # type: ignore[union-attr]
     with connection.pipeline(transaction=False) as pipeline:
         for name in names:
-            pipeline.zrange(f"{RATE_PREFIX}{name}", 0, 0)
             pipeline.zcard(f"{RATE_PREFIX}{name}")
             pipeline.zcard(f"{RATE_PREFIX}{name}:waiting")
             pipeline.zrange(f"{RATE_PREFIX}{name}:waiting", -1, -1, withscores=True)
         replies = pipeline.execute()
     found, now = [], time.time()
     for n, name in enumerate(names):
-        _, starts, waiting, last = replies[4 * n : 4 * n + 4]
+        starts, waiting, last = replies[3 * n : 3 * n + 3]
         if not starts and not waiting:
             connection.srem(RATES_KEY, name)  # idle for a period: its log has expired
             continue
