@@ -9,6 +9,7 @@ or a failed job exits with 1; neither shows a traceback.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -509,25 +510,81 @@ def doctor() -> None:
         raise click.ClickException(f"{len(problems)} problem(s) found")
 
 
+def _failure_filters(command: Any) -> Any:
+    """The options that say which failed jobs: the same for listing them, requeue and delete."""
+    options = [
+        click.option("--job", help="Only this job's failures (its name, as `taskctl jobs` lists it)."),
+        click.option("--queue", "-q", help="Only this queue's failed jobs."),
+        click.option("--cause", help="Only failures whose cause holds this: an exception type, words of its message."),
+        click.option("--since", help="Only failures since then: a time ago (30m, 2h, 1d) or an ISO 8601 time."),
+        click.option("--until", help="Only failures until then: a time ago (30m, 2h, 1d) or an ISO 8601 time."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.group(invoke_without_command=True)
-@click.option("--queue", "-q", help="Only this queue's failed jobs.")
+@_failure_filters
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Latest failures listed after the summary.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="The summary and the latest failures as JSON.")
 @click.pass_context
-def failed(ctx: click.Context, queue: str | None) -> None:
-    """List failed jobs: queue, call, error, attempts, when. Subcommands act on them."""
+def failed(
+    ctx: click.Context, job: str | None, queue: str | None, cause: str | None, since: str | None,
+    until: str | None, limit: int, as_json: bool,
+) -> None:  # fmt: skip
+    """Failed jobs: how many by job and cause, then the latest. Subcommands act on them."""
     if ctx.invoked_subcommand is not None:
         return
     from taskctl.connection import connect
-    from taskctl.failures import list_failed
+    from taskctl.failures import failure_filter, find_failed, summarize, with_details
     from taskctl.settings import get_settings
 
-    found = list_failed(connect(), get_settings(), queue)
-    if not found:
+    settings = get_settings()
+    connection = connect(settings)
+    which = failure_filter(settings, job, queue, cause, since, until)
+    found = find_failed(connection, settings, which)
+    causes = summarize(found.matched)
+    latest = with_details(connection, found.matched[:limit])
+    if as_json:
+        click.echo(_json({
+            "failed": found.total,
+            "matched": len(found.matched),
+            "causes": [{"job": c.job, "cause": c.cause, "count": c.count, "queues": list(c.queues),
+                        "first_failed": _iso(c.first_failed), "last_failed": _iso(c.last_failed)} for c in causes],
+            "latest": [{"id": f.id, "queue": f.queue, "job": f.name, "call": f.description, "error": f.error,
+                        "cause": f.cause, "attempts": f.attempts, "failed_at": _iso(f.failed_at)} for f in latest],
+        }))  # fmt: skip
+        return
+    if not found.total:
         click.echo("No failed jobs.")
         return
+    if not found.matched:
+        click.echo(f"No failed job matches (of {found.total} failed).")
+        return
+    of = f" (of {found.total})" if which.narrows else ""
+    click.echo(f"{len(found.matched)} failed jobs{of}, by job and cause:")
+    _causes_table(causes)
+    if latest:
+        click.echo(f"\nThe latest {len(latest)} (--limit for more; `taskctl failed show ID` for a traceback):")
+        _table(
+            ("JOB ID", "QUEUE", "CALL", "ERROR", "ATTEMPTS", "FAILED AT"),
+            [(f.id, f.queue, _cut(f.description, 50), _cut(f.error, 80), f.attempts, _time(f.failed_at))
+             for f in latest],
+        )  # fmt: skip
+
+
+def _causes_table(causes: Sequence[Any]) -> None:
     _table(
-        ("JOB ID", "QUEUE", "CALL", "ERROR", "ATTEMPTS", "FAILED AT"),
-        [(f.id, f.queue, _cut(f.description, 50), _cut(f.error, 80), f.attempts, _time(f.failed_at)) for f in found],
-    )
+        ("JOB", "CAUSE", "FAILED", "FIRST", "LAST", "QUEUES"),
+        [(c.job, _cut(c.cause, 70), c.count, _time(c.first_failed), _time(c.last_failed), ",".join(c.queues))
+         for c in causes],
+    )  # fmt: skip
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 @failed.command(name="show")
@@ -540,42 +597,87 @@ def failed_show(job_id: str) -> None:
     click.echo(full_error(fetch_job(job_id, connect())) or f"job {job_id} has no recorded failure")
 
 
-def _select(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -> list[str]:
-    from taskctl.connection import connect
-    from taskctl.failures import failed_job_ids
-    from taskctl.settings import get_settings
-
-    if bool(job_ids) == all_jobs:
-        raise click.UsageError("give job ids or --all (not both)")
-    if queue and not all_jobs:
-        raise click.UsageError("--queue goes with --all")
-    return list(job_ids) if job_ids else [job_id for _, job_id in failed_job_ids(connect(), get_settings(), queue)]
-
-
 @failed.command(name="requeue")
 @click.argument("job_ids", nargs=-1)
-@click.option("--all", "all_jobs", is_flag=True, help="Every failed job (of --queue, if given).")
-@click.option("--queue", "-q", help="With --all: only this queue.")
-def failed_requeue(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -> None:
-    """Put failed jobs back on their queues for one more try."""
-    from taskctl.connection import connect
-    from taskctl.failures import requeue
+@click.option("--all", "all_jobs", is_flag=True, help="Every failed job (of the filters, if any).")
+@_failure_filters
+@click.option("--rate", help="At most this many a period (50/s, 600/m): a service just back is not flooded.")
+@click.option("--dry-run", is_flag=True, help="Say how many and which, and change nothing.")
+def failed_requeue(job_ids: tuple[str, ...], all_jobs: bool, rate: str | None, dry_run: bool,
+                   **filters: str | None) -> None:  # fmt: skip
+    """Put failed jobs back on their queues for one more try each: JOB_IDS, or --all and/or filters.
 
-    done = requeue(_select(job_ids, all_jobs, queue), connect())
-    click.echo(f"Requeued {len(done)} job(s).")
+    Interrupted (Ctrl-C), it stops between two batches; it says how to go on, and going on
+    requeues no job twice.
+    """
+    from taskctl.failed_actions import requeue_failed
+
+    _act("requeue", "requeued", requeue_failed, job_ids, all_jobs, dry_run, filters, rate=rate)
 
 
 @failed.command(name="delete")
 @click.argument("job_ids", nargs=-1)
-@click.option("--all", "all_jobs", is_flag=True, help="Every failed job (of --queue, if given).")
-@click.option("--queue", "-q", help="With --all: only this queue.")
-def failed_delete(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -> None:
-    """Delete failed jobs for good."""
-    from taskctl.connection import connect
-    from taskctl.failures import delete
+@click.option("--all", "all_jobs", is_flag=True, help="Every failed job (of the filters, if any).")
+@_failure_filters
+@click.option("--dry-run", is_flag=True, help="Say how many and which, and change nothing.")
+def failed_delete(job_ids: tuple[str, ...], all_jobs: bool, dry_run: bool, **filters: str | None) -> None:
+    """Delete failed jobs for good: JOB_IDS, or --all and/or filters."""
+    from taskctl.failed_actions import delete_failed
 
-    done = delete(_select(job_ids, all_jobs, queue), connect())
-    click.echo(f"Deleted {len(done)} job(s).")
+    _act("delete", "deleted", delete_failed, job_ids, all_jobs, dry_run, filters)
+
+
+class _Progress:
+    """A line on stderr every few seconds while a long requeue or delete goes on; nothing for a short one."""
+
+    EVERY = 2.0
+
+    def __init__(self, verb: str) -> None:
+        self.verb, self.done = verb, 0
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        if done < total and time.monotonic() - self.last >= self.EVERY:
+            self.last = time.monotonic()
+            click.echo(f"{self.verb.capitalize()}: {done} of {total} ({100 * done // total}%)", err=True)
+
+
+def _act(
+    verb: str, past: str, action: Any, job_ids: tuple[str, ...], all_jobs: bool, dry_run: bool,
+    filters: dict[str, str | None], **extra: Any,
+) -> None:  # fmt: skip
+    from datetime import UTC
+
+    # A selection by filters ends now (unless --until says when): the jobs that fail while it
+    # runs are not part of it, and the same --until, given again, resumes exactly this one.
+    selecting = not job_ids and (all_jobs or any(value is not None for value in filters.values()))
+    if selecting and filters["until"] is None:
+        filters = {**filters, "until": datetime.now(UTC).isoformat()}
+    progress = _Progress(verb)
+    try:
+        outcome = action(list(job_ids), all_jobs, dry_run=dry_run, progress=progress, **filters, **extra)
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted after {progress.done} job(s) were {past}; to go on, run the same command with "
+            f"--until {filters['until']} (it leaves the jobs {past} already alone)"
+            if selecting
+            else f"interrupted after {progress.done} job(s) were {past}"
+        ) from None
+    chosen = outcome.selection
+    if not chosen.job_ids:
+        click.echo(f"No failed job matches; nothing {past}.")
+        return
+    if dry_run:
+        click.echo(f"Would {verb} {len(chosen.job_ids)} failed job(s)" + (":" if chosen.failed else ": "
+                   + ", ".join(chosen.job_ids)))  # fmt: skip
+        if chosen.failed:
+            from taskctl.failures import summarize
+
+            _causes_table(summarize(chosen.failed))
+        return
+    left = f"; {len(outcome.left)} were no longer failed and were left alone" if outcome.left else ""
+    click.echo(f"{past.capitalize()} {len(outcome.done)} job(s){left}.")
 
 
 @main.command()
@@ -583,7 +685,7 @@ def failed_delete(job_ids: tuple[str, ...], all_jobs: bool, queue: str | None) -
 def cancel(job_id: str) -> None:
     """Cancel job JOB_ID if it has not started yet."""
     from taskctl.connection import connect
-    from taskctl.failures import cancel as cancel_job
+    from taskctl.failed_actions import cancel as cancel_job
 
     cancel_job(job_id, connect())
     click.echo(f"Cancelled {job_id}.")
@@ -653,7 +755,7 @@ def schedules_sync(dry_run: bool) -> None:
 def schedules_cancel(job_id: str) -> None:
     """Cancel delayed job JOB_ID (periodic ones: remove them from the schedules file and sync)."""
     from taskctl.connection import connect
-    from taskctl.failures import cancel as cancel_job
+    from taskctl.failed_actions import cancel as cancel_job
     from taskctl.schedules import ID_PREFIX
 
     if job_id.startswith(ID_PREFIX):

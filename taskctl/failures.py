@@ -1,26 +1,44 @@
-"""Failed jobs as something to operate on: list them, read why, requeue or delete them, cancel.
+"""Failed jobs at scale: what failed, why, how many, since when, and which of them to act on.
 
-Built on RQ's FailedJobRegistry of each configured queue; every operation names
-the jobs it could not act on instead of skipping them silently.
+Read from RQ's FailedJobRegistry of each configured queue, the job hashes and the
+jobs' latest results, a thousand jobs a round trip: a summary of 100,000 failures
+is about two hundred round trips, not 200,000. A failure's cause is its exception
+and message folded (``taskctl.causes``), so that an outage's thousands of failures
+are a few lines. One filter selects what ``taskctl failed`` lists and what its
+requeue and delete act on (``taskctl.failed_actions``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+import json
+import re
+import time
+import zlib
+from base64 import b64decode
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 from redis import Redis
-from rq.exceptions import InvalidJobOperation
-from rq.job import JobStatus
+from rq.results import Result
 
-from taskctl.exceptions import InvalidQueueError, JobStateError, NoSuchJobError
-from taskctl.rqclasses import FAILED_RUNS, CatalogJob, Queue
+from taskctl.catalog import get_catalog
+from taskctl.causes import fold, matches
+from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError, UnknownJobError
+from taskctl.rqclasses import FAILED_RUNS, Queue, parse_time
 from taskctl.settings import Settings
-from taskctl.status import fetch_job, full_error, job_name, last_line
+from taskctl.status import UNREADABLE, last_line
+from taskctl.when import parse_delay, show_time
 
-#: States from which a job can still be cancelled: it has not started.
-CANCELLABLE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
+#: Jobs read per round trip.
+BATCH = 1000
+#: Bytes of a job's data inflated to read its function's name, which comes first.
+_NAME_BYTES = 512
+_FUNC = re.compile(rb'\s*\[\s*"((?:[^"\\]|\\.)*)"')
+_JOB_PREFIX = "rq:job:"
+_RESULTS = Result.get_key("")  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -28,87 +46,232 @@ class FailedJob:
     id: str
     queue: str
     name: str
-    description: str
+    """The job's catalog name (its function's path when it is not a catalog job)."""
     error: str
-    attempts: int
+    """The last line of its traceback: the exception and its message."""
+    cause: str
+    """The error folded: what this failure has in common with others of its kind."""
     failed_at: datetime | None
+    description: str = ""
+    """Its call, as listed (read for the jobs listed only, see ``with_details``)."""
+    attempts: int = 0
 
 
-def _queues(settings: Settings, queue: str | None) -> list[str]:
-    if queue is None:
-        return list(settings.queues)
-    if queue not in settings.queues:
+@dataclass(frozen=True)
+class Cause:
+    """Failed jobs of one job and one cause: how many, over what time, on which queues."""
+
+    job: str
+    cause: str
+    count: int
+    first_failed: datetime | None
+    last_failed: datetime | None
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    """Which failed jobs: each given field narrows; none given, all of them."""
+
+    job: str | None = None
+    queue: str | None = None
+    cause: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def admits(self, failed: FailedJob) -> bool:
+        if self.job is not None and failed.name != self.job:
+            return False
+        if self.queue is not None and failed.queue != self.queue:
+            return False
+        if self.cause is not None and not matches(self.cause, failed.error, failed.cause):
+            return False
+        return self.within(failed.failed_at)
+
+    def within(self, moment: datetime | None) -> bool:
+        if self.since is None and self.until is None:
+            return True
+        if moment is None:
+            return False
+        return (self.since is None or moment >= self.since) and (self.until is None or moment <= self.until)
+
+    @property
+    def narrows(self) -> bool:
+        return any(value is not None for value in (self.job, self.queue, self.cause, self.since, self.until))
+
+
+def moment(value: str | datetime | None, option: str, tz: ZoneInfo, now: datetime) -> datetime | None:
+    """``2h`` (that long before ``now``) or an ISO 8601 time (in ``tz`` when it has no offset)."""
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=tz)
+    try:
+        return now - parse_delay(value)
+    except InvalidArgumentsError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidArgumentsError(
+            f"{option} {value!r} is neither a time ago (30m, 2h, 1d) nor an ISO 8601 time (2026-12-01T09:00)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def failure_filter(
+    settings: Settings,
+    job: str | None = None,
+    queue: str | None = None,
+    cause: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    now: datetime | None = None,
+) -> FailureFilter:
+    """The filter the CLI's and the dashboard's options describe; InvalidArgumentsError says what is wrong."""
+    if queue is not None and queue not in settings.queues:
         raise InvalidQueueError(f"unknown queue {queue!r}; expected one of: {', '.join(settings.queues)}")
-    return [queue]
-
-
-def failed_job_ids(connection: Redis, settings: Settings, queue: str | None = None) -> list[tuple[str, str]]:
-    """(queue, job id) of every failed job, newest first within each queue."""
-    return [
-        (name, job_id)
-        for name in _queues(settings, queue)
-        for job_id in Queue(name, connection=connection).failed_job_registry.get_job_ids(desc=True)
-    ]
-
-
-def list_failed(connection: Redis, settings: Settings, queue: str | None = None) -> list[FailedJob]:
-    found = []
-    for queue_name, job_id in failed_job_ids(connection, settings, queue):
-        try:
-            job = fetch_job(job_id, connection)
-        except NoSuchJobError:
-            continue  # expired between the registry read and the fetch
-        found.append(
-            FailedJob(
-                id=job.id,
-                queue=queue_name,
-                name=job_name(job),
-                description=job.description or "",
-                error=last_line(full_error(job)),
-                attempts=int(job.meta.get(FAILED_RUNS, 1)),
-                failed_at=job.ended_at,
-            )
+    if job is not None and not job.strip():
+        raise InvalidArgumentsError("--job is empty; expected a job's name, as `taskctl jobs` lists them")
+    if cause is not None and not cause.strip():
+        raise InvalidArgumentsError("--cause is empty; expected an exception's type or words of its message")
+    now = now or datetime.now(UTC)
+    start, end = moment(since, "--since", settings.tz, now), moment(until, "--until", settings.tz, now)
+    if start is not None and end is not None and end < start:
+        raise InvalidArgumentsError(
+            f"--until {show_time(end, settings.tz)} is before --since {show_time(start, settings.tz)}: "
+            "the window is empty"
         )
+    return FailureFilter(job=job, queue=queue, cause=cause, since=start, until=end)
+
+
+def read_failed(connection: Redis, settings: Settings, queue: str | None = None) -> list[FailedJob]:
+    """Every failed job of the configured queues (or of ``queue``), the latest failure first."""
+    names = [queue] if queue is not None else list(settings.queues)
+    now = time.time()
+    with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            # Scores are expiry times: the ones past are gone, or about to be (RQ's cleanup).
+            pipe.zrangebyscore(Queue(name, connection=connection).failed_job_registry.key, now, "+inf")
+        listed = pipe.execute()
+    found: list[FailedJob] = []
+    for name, ids in zip(names, listed, strict=True):
+        for chunk in _chunks([job_id.decode() for job_id in ids], BATCH):
+            found.extend(_read(connection, name, chunk))
+    oldest = datetime.min.replace(tzinfo=UTC)
+    found.sort(key=lambda failed: failed.failed_at or oldest, reverse=True)
     return found
 
 
-def _failed(job_id: str, connection: Redis) -> CatalogJob:
-    job = fetch_job(job_id, connection)
-    if job.get_status(refresh=False) != JobStatus.FAILED:
-        raise JobStateError(f"job {job_id} is {job.get_status(refresh=False).value}, not failed")
-    return job
+class Found(NamedTuple):
+    matched: list[FailedJob]
+    """The failed jobs the filter admits, the latest first."""
+    total: int
+    """The failed jobs read (of the filter's queue, or of all queues)."""
 
 
-def requeue(job_ids: Iterable[str], connection: Redis) -> list[str]:
-    """Put failed jobs back on their queues, with their retry policy spent: one more try each."""
-    requeued = []
-    for job_id in job_ids:
-        job = _failed(job_id, connection)
-        try:
-            Queue(job.origin, connection=connection).failed_job_registry.requeue(job)
-        except InvalidJobOperation:
-            raise JobStateError(f"job {job_id} is no longer in the failed jobs of queue {job.origin}") from None
-        requeued.append(job_id)
-    return requeued
+def find_failed(connection: Redis, settings: Settings, which: FailureFilter) -> Found:
+    """The failed jobs ``which`` admits, the latest first, and how many were read.
+
+    A job name that is neither in the catalog nor among the failed jobs, and a cause
+    that no failed job has, are mistakes (a typo would otherwise read as "nothing
+    failed"): UnknownJobError and InvalidArgumentsError name them.
+    """
+    everything = read_failed(connection, settings, which.queue)
+    catalog = {entry.name for entry in get_catalog()}
+    if which.job is not None and which.job not in catalog | {failed.name for failed in everything}:
+        raise UnknownJobError(f"unknown job {which.job!r}; known jobs: {', '.join(sorted(catalog)) or 'none'}")
+    cause = which.cause
+    if cause is not None and everything and not any(matches(cause, f.error, f.cause) for f in everything):
+        causes = summarize(everything)
+        shown = "; ".join(c.cause for c in causes[:5]) + ("; …" if len(causes) > 5 else "")
+        raise InvalidArgumentsError(f"no failed job's cause matches {cause!r}; the causes are: {shown}")
+    return Found([failed for failed in everything if which.admits(failed)], len(everything))
 
 
-def delete(job_ids: Iterable[str], connection: Redis) -> list[str]:
-    deleted = []
-    for job_id in job_ids:
-        _failed(job_id, connection).delete()
-        deleted.append(job_id)
-    return deleted
+def summarize(failed: Iterable[FailedJob]) -> list[Cause]:
+    """Failed jobs grouped by job and cause, the most frequent first."""
+    groups: dict[tuple[str, str], list[FailedJob]] = {}
+    for job in failed:
+        groups.setdefault((job.name, job.cause), []).append(job)
+    causes = []
+    for (name, cause), members in groups.items():
+        times = [member.failed_at for member in members if member.failed_at is not None]
+        queues = tuple(sorted({member.queue for member in members}))
+        causes.append(Cause(name, cause, len(members), min(times, default=None), max(times, default=None), queues))
+    causes.sort(key=lambda c: (-c.count, c.job, c.cause))
+    return causes
 
 
-def cancel(job_id: str, connection: Redis) -> CatalogJob:
-    """Cancel a job that has not started; it stays visible in the canceled jobs."""
-    job = fetch_job(job_id, connection)
-    status = job.get_status(refresh=False)
-    if status not in CANCELLABLE:
-        raise JobStateError(f"job {job_id} is {status.value}; only queued, scheduled or deferred jobs can be cancelled")
-    from taskctl.rqscheduler import Scheduler
+def with_details(connection: Redis, failed: Sequence[FailedJob]) -> list[FailedJob]:
+    """The jobs with their calls and attempts read (what a listing shows beyond the summary)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job in failed:
+            pipe.hmget(_JOB_PREFIX + job.id, "description", "meta")
+        read = pipe.execute()
+    detailed = []
+    for job, (description, meta) in zip(failed, read, strict=True):
+        detailed.append(replace(job, description=(description or b"").decode(errors="replace"),
+                                attempts=_failed_runs(meta)))  # fmt: skip
+    return detailed
 
-    # A delayed job also sits in rq-scheduler's set, which would enqueue it regardless.
-    connection.zrem(Scheduler.scheduled_jobs_key, job.id)
-    job.cancel()
-    return job
+
+def _read(connection: Redis, queue: str, job_ids: list[str]) -> Iterator[FailedJob]:
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(_JOB_PREFIX + job_id, "data", "ended_at")
+            pipe.xrevrange(_RESULTS + job_id, count=1)
+        read = pipe.execute()
+    names: dict[bytes, str] = {}
+    for index, job_id in enumerate(job_ids):
+        (data, ended_at), results = read[2 * index], read[2 * index + 1]
+        if data is None:
+            continue  # expired, or deleted, between the registry read and this one
+        error = _error(results)
+        yield FailedJob(
+            id=job_id,
+            queue=queue,
+            name=_name(data, names),
+            error=error,
+            cause=fold(error),
+            failed_at=parse_time(ended_at) if ended_at else None,
+        )
+
+
+def _name(data: bytes, known: dict[bytes, str]) -> str:
+    try:
+        head = zlib.decompressobj().decompress(data, _NAME_BYTES)
+    except zlib.error:
+        head = data
+    match = _FUNC.match(head)
+    if match is None:
+        return UNREADABLE
+    path = match.group(1)
+    if path not in known:
+        text = path.decode(errors="replace")
+        entry = get_catalog().by_path(text)
+        known[path] = entry.name if entry else text
+    return known[path]
+
+
+def _error(results: list[tuple[bytes, dict[bytes, bytes]]]) -> str:
+    """The last line of the latest result's traceback, as ``taskctl.status.full_error`` reads it."""
+    if not results:
+        return ""
+    fields = results[0][1]
+    if fields.get(b"type") != str(Result.Type.FAILED.value).encode() or not fields.get(b"exc_string"):
+        return ""
+    try:
+        return last_line(zlib.decompress(b64decode(fields[b"exc_string"])).decode(errors="replace"))
+    except (ValueError, zlib.error):
+        return ""
+
+
+def _failed_runs(meta: bytes | None) -> int:
+    try:
+        return int(json.loads(meta or b"{}").get(FAILED_RUNS, 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -61,7 +61,7 @@ class JobHandle:
 
     def cancel(self) -> None:
         """Cancel the job if it has not started (JobStateError otherwise)."""
-        from taskctl.failures import cancel
+        from taskctl.failed_actions import cancel
 
         cancel(self.id, self.job.connection)
 

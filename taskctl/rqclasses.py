@@ -51,7 +51,7 @@ _TIME_FIELDS = [(name, name.encode()) for name in ("created_at", "enqueued_at", 
                                                     "last_heartbeat")]  # fmt: skip
 
 
-def _parse_time(value: bytes) -> datetime:
+def parse_time(value: bytes) -> datetime:
     """What RQ's str_to_date gives, faster: RQ's own when fromisoformat cannot read it (an older format)."""
     try:
         return datetime.fromisoformat(value.decode()).replace(tzinfo=UTC)
@@ -94,7 +94,7 @@ class CatalogJob(rq.job.Job):
         restored = super().restore(raw_data)
         for name, key, value in times:
             raw_data[key] = value  # the caller's hash as it was
-            setattr(self, name, _parse_time(value))
+            setattr(self, name, parse_time(value))
         if self._unreadable_meta is not None:
             # RQ keeps meta it cannot read as a placeholder holding the raw bytes, which it
             # writes back as they were; once taskctl adds to meta (a failed run's count),

@@ -145,6 +145,23 @@ def paced_tally(log: str, token: str, seconds: float) -> str:
     return tally(log, token, seconds)
 
 
+#: The errors of three services in an outage: each message differs from job to job by numbers only.
+_OUTAGES: dict[str, Any] = {
+    "mail": lambda n: ConnectionRefusedError(111, f"mail-{n % 3} refused the connection"),
+    "push": lambda n: TimeoutError(f"push gateway timed out after {5 + n % 3}.0 s"),
+    "stock": lambda n: RuntimeError(f"inventory answered 503 for order {n}"),
+}
+
+
+@job(retries=0)
+def outage(log: str, down: str, service: str, n: int) -> int:
+    """A call to a service that fails, with that service's error, while a file named after it is in ``down``."""
+    _append(log, f"{service} {n}\n")
+    if Path(down, service).exists():
+        raise _OUTAGES[service](n)
+    return n
+
+
 def _append(path: str, line: str) -> None:
     # One write on an O_APPEND descriptor: lines from concurrent workers never interleave.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -3,7 +3,8 @@
 rq-dashboard's own pages are served under their usual paths, from its own
 templates with every value inserted as text (``stock_templates`` says why).
 Added: auth, CSRF and read-only guards (``security``), a Schedules page for
-rq-scheduler's jobs, an Outbox page, ``/metrics`` and ``/healthz``.
+rq-scheduler's jobs, a Failures page (by job and cause, with filtered
+requeue and delete), a Limits page, an Outbox page, ``/metrics`` and ``/healthz``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import rq
 import rq_dashboard
 import rq_dashboard.web
-from flask import Blueprint, Flask, Response, current_app, render_template, request
+from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
 from jinja2 import ChoiceLoader, FileSystemLoader, PrefixLoader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
@@ -189,6 +191,97 @@ def limits(instance_number: int) -> Response:
     )
 
 
+#: Latest failures the Failures page lists under its summary; `taskctl failed --limit N` shows more.
+FAILURES_PAGE_ROWS = 50
+#: The Failures page's filters: the options of `taskctl failed`, by the same names.
+FAILURE_FILTERS = ("job", "queue", "cause", "since", "until")
+
+
+@pages.route("/failures", defaults={"instance_number": 0})
+@pages.route("/<int:instance_number>/view/failures")
+def failures(instance_number: int) -> Response:
+    """Failed jobs by job and cause, filtered as `taskctl failed` filters them, with requeue and delete."""
+    return _failures_page(instance_number, _filters(request.args))
+
+
+@pages.route("/failures/<action>", methods=["POST"], defaults={"instance_number": 0})
+@pages.route("/<int:instance_number>/failures/<action>", methods=["POST"])
+def act_on_failures(instance_number: int, action: str) -> Response:
+    """Requeue or delete what the page showed: its filters, up to the moment it was shown (``pinned``).
+
+    Unpaced: a web request is no place for a requeue that takes minutes; the page gives
+    the `taskctl failed requeue ... --rate` command for that. Refused unless it is a
+    POST from the dashboard's own pages (``security``).
+    """
+    from taskctl.exceptions import TaskctlError
+    from taskctl.failed_actions import delete_failed, requeue_failed
+
+    if action not in ("requeue", "delete"):
+        return Response(f"no such action {action!r}; expected requeue or delete\n", 404, mimetype="text/plain")
+    filters = _filters(request.form)
+    chosen: dict[str, Any] = {**filters, "until": filters["until"] or request.form.get("pinned") or None}
+    act = requeue_failed if action == "requeue" else delete_failed
+    try:
+        outcome = act(connection=_redis(), settings=_settings(), **chosen)
+    except TaskctlError as exc:
+        return _failures_page(instance_number, filters, problem=str(exc))
+    left = f"; {len(outcome.left)} were no longer failed and were left alone" if outcome.left else ""
+    notice = f"{'Requeued' if action == 'requeue' else 'Deleted'} {len(outcome.done)} job(s){left}."
+    return _failures_page(instance_number, filters, notice=notice)
+
+
+def _filters(values: Any) -> dict[str, str | None]:
+    return {name: (values.get(name) or "").strip() or None for name in FAILURE_FILTERS}
+
+
+def _failures_page(
+    instance_number: int, filters: dict[str, str | None], notice: str | None = None, problem: str | None = None
+) -> Response:
+    import shlex
+
+    from taskctl.exceptions import TaskctlError
+    from taskctl.failures import Found, failure_filter, find_failed, summarize, with_details
+
+    settings = _settings()
+    zone = settings.tz
+    now = datetime.now(UTC)
+    found, latest = Found([], 0), []
+    try:
+        which = failure_filter(settings, filters["job"], filters["queue"], filters["cause"], filters["since"],
+                               filters["until"], now)  # fmt: skip
+        found = find_failed(_redis(), settings, which)
+        latest = with_details(_redis(), found.matched[:FAILURES_PAGE_ROWS])
+    except TaskctlError as exc:
+        problem = problem or str(exc)
+    given = {name: value for name, value in filters.items() if value is not None}
+    page = url_for("taskctl_web.failures", instance_number=instance_number)
+    causes = [
+        (cause, show_time(cause.first_failed, zone), show_time(cause.last_failed, zone),
+         f"{page}?{urlencode({**given, 'job': cause.job, 'cause': cause.cause})}")
+        for cause in summarize(found.matched)
+    ]  # fmt: skip
+    options = " ".join(f"--{name} {shlex.quote(value)}" for name, value in given.items() if name != "until")
+    command = f"taskctl failed requeue {options} --until {filters['until'] or now.isoformat()} --rate 50/s"
+    return _page(
+        "taskctl/failures.html",
+        "failures",
+        instance_number,
+        400 if problem else 200,
+        filters=filters,
+        queues=settings.queues,
+        pinned=now.isoformat(),
+        found=found,
+        causes=causes,
+        latest=[(failed, show_time(failed.failed_at, zone)) for failed in latest],
+        notice=notice,
+        problem=problem,
+        read_only=settings.dashboard_read_only,
+        command=" ".join(command.split()),
+        timezone=settings.timezone,
+        now=show_time(now, zone),
+    )
+
+
 #: Stuck rows the Outbox page lists; `taskctl outbox --limit N` shows more.
 OUTBOX_PAGE_ROWS = 100
 
@@ -231,7 +324,7 @@ def outbox(instance_number: int) -> Response:
     )
 
 
-def _page(template: str, tab: str, instance_number: int, **context: Any) -> Response:
+def _page(template: str, tab: str, instance_number: int, status: int = 200, **context: Any) -> Response:
     """One of our pages inside rq-dashboard's layout, which needs these values of its own pages."""
     settings = _settings()
     body = render_template(
@@ -246,4 +339,4 @@ def _page(template: str, tab: str, instance_number: int, **context: Any) -> Resp
         poll_interval=current_app.config.get("RQ_DASHBOARD_POLL_INTERVAL", 2500),
         **context,
     )
-    return Response(body, 200, headers={"Cache-Control": "no-store"})
+    return Response(body, status, headers={"Cache-Control": "no-store"})
