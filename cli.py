@@ -632,15 +632,15 @@ class _Progress:
 
     EVERY = 2.0
 
-    def __init__(self, verb: str) -> None:
-        self.verb, self.done = verb, 0
+    def __init__(self, past: str) -> None:
+        self.past, self.done = past, 0
         self.last = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
         self.done = done
         if done < total and time.monotonic() - self.last >= self.EVERY:
             self.last = time.monotonic()
-            click.echo(f"{self.verb.capitalize()}: {done} of {total} ({100 * done // total}%)", err=True)
+            click.echo(f"{self.past.capitalize()} {done} of {total} ({100 * done // total}%)", err=True)
 
 
 def _act(
@@ -654,7 +654,7 @@ def _act(
     selecting = not job_ids and (all_jobs or any(value is not None for value in filters.values()))
     if selecting and filters["until"] is None:
         filters = {**filters, "until": datetime.now(UTC).isoformat()}
-    progress = _Progress(verb)
+    progress = _Progress(past)
     try:
         outcome = action(list(job_ids), all_jobs, dry_run=dry_run, progress=progress, **filters, **extra)
     except KeyboardInterrupt:

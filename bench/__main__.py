@@ -15,7 +15,9 @@ the same commands for every system: see bench.jobs.
 The section ``outbox`` (in --systems, run by default; ``--systems outbox`` runs it
 alone) measures the outbox of issue 20 on SQLite and on a PostgreSQL server of its own:
 the cost of an enqueue in the application's transaction, the relay's throughput and
-commit-to-queued latency (see bench.outbox).
+commit-to-queued latency (see bench.outbox). The sections ``limits`` (issue 21) and
+``failures`` (issue 22: summary, requeue and delete of --failed jobs, see bench.failures)
+run by default too.
 """
 
 from __future__ import annotations
@@ -39,14 +41,14 @@ from typing import Any
 import psutil
 from redis import Redis
 
-from bench import free_port, outbox
+from bench import failures, free_port, outbox
 from bench.jobs import DONE_KEY, STAMPS_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SYSTEMS = ("taskctl", "rq worker", "rq SimpleWorker", "celery prefork", "dramatiq", "huey")
 #: What --systems also takes that is not a queue system: measured in turn with them, reported apart.
-SECTIONS = ("outbox", "limits")
+SECTIONS = ("outbox", "limits", "failures")
 #: The limits section's jobs: none, a concurrency limit and a rate limit, neither ever binding.
 LIMIT_JOBS = (("unlimited", "noop"), ("concurrency limit", "noop_limited"), ("rate limit", "noop_paced"))
 #: Job-running processes per system, unless --workers says otherwise.
@@ -365,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"outbox: rows the relay moves for its throughput (default {defaults.rows})")  # fmt: skip
     parser.add_argument("--outbox-commits", type=int, default=defaults.commits,
                         help=f"outbox: commits timed for commit-to-queued (default {defaults.commits})")  # fmt: skip
+    parser.add_argument("--failed", type=int, default=100_000,
+                        help="failures: failed jobs summarized, requeued and deleted (default 100000)")  # fmt: skip
+    parser.add_argument("--rq-sample", type=int, default=5000,
+                        help="failures: jobs stock RQ's way is timed on, then scaled (default 5000)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where the figures go")
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",")]
@@ -385,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems if s in SYSTEMS}
     outbox_runs: list[dict[str, dict[str, float]]] = []
     limit_runs: list[dict[str, dict[str, float]]] = []
+    failure_runs: list[dict[str, float]] = []
     databases: dict[str, str] = {}
     postgres_url = ""
     with tempfile.TemporaryDirectory() as data, redis_server(port, Path(data)), contextlib.ExitStack() as stack:
@@ -397,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"repeat {repeat + 1}/{args.repeats}: {system} ...", file=sys.stderr, flush=True)
                 if system == "outbox":
                     outbox_runs.append(outbox.run(url, env, postgres_url, Path(data), sizes, redis_counters))
+                    continue
+                if system == "failures":
+                    failure_runs.append(failures.run(url, env, args.failed, args.rq_sample, redis_counters))
                     continue
                 if system == "limits":
                     limit_runs.append(run_limits(url, env, args.jobs, args.workers))
@@ -413,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     } if limit_runs else {}  # fmt: skip
     if limit_medians:
         report_limits(limit_medians)
+    failure_medians = failures.medians(failure_runs) if failure_runs else {}
+    if failure_medians:
+        failures.report(failure_medians, args.failed, args.rq_sample, args.repeats)
     outbox_figures: dict[str, Any] = {}
     if outbox_runs:
         outbox_medians = outbox.medians(outbox_runs)
@@ -424,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": str(args.json)},
                                      "redis_url": url, "medians": medians, "runs": runs,
                                      "outbox": outbox_figures,
-                                     "limits": {"medians": limit_medians, "runs": limit_runs}}, indent=2))  # fmt: skip
+                                     "limits": {"medians": limit_medians, "runs": limit_runs},
+                                     "failures": {"medians": failure_medians, "runs": failure_runs}},
+                                    indent=2))  # fmt: skip
     print(f"\nfigures written to {args.json}")
     return 0
 

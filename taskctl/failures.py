@@ -1,8 +1,8 @@
 """Failed jobs at scale: what failed, why, how many, since when, and which of them to act on.
 
 Read from RQ's FailedJobRegistry of each configured queue, the job hashes and the
-jobs' latest results, a thousand jobs a round trip: a summary of 100,000 failures
-is about two hundred round trips, not 200,000. A failure's cause is its exception
+jobs' latest results, a thousand jobs a round trip (one script call): a summary of
+100,000 failures is a hundred round trips, not 200,000. A failure's cause is its exception
 and message folded (``taskctl.causes``), so that an outage's thousands of failures
 are a few lines. One filter selects what ``taskctl failed`` lists and what its
 requeue and delete act on (``taskctl.failed_actions``).
@@ -26,10 +26,11 @@ from rq.results import Result
 
 from taskctl.catalog import get_catalog
 from taskctl.causes import fold, matches
+from taskctl.connection import lua
 from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError, UnknownJobError
 from taskctl.rqclasses import FAILED_RUNS, Queue, parse_time
 from taskctl.settings import Settings
-from taskctl.status import UNREADABLE, last_line
+from taskctl.status import UNREADABLE
 from taskctl.when import parse_delay, show_time
 
 #: Jobs read per round trip.
@@ -39,6 +40,7 @@ _NAME_BYTES = 512
 _FUNC = re.compile(rb'\s*\[\s*"((?:[^"\\]|\\.)*)"')
 _JOB_PREFIX = "rq:job:"
 _RESULTS = Result.get_key("")  # type: ignore[no-untyped-call]
+_FAILED = str(Result.Type.FAILED.value).encode()
 
 
 @dataclass(frozen=True)
@@ -168,14 +170,17 @@ class Found(NamedTuple):
     """The failed jobs read (of the filter's queue, or of all queues)."""
 
 
-def find_failed(connection: Redis, settings: Settings, which: FailureFilter) -> Found:
+def find_failed(connection: Redis, settings: Settings, which: FailureFilter, strict: bool = True) -> Found:
     """The failed jobs ``which`` admits, the latest first, and how many were read.
 
     A job name that is neither in the catalog nor among the failed jobs, and a cause
     that no failed job has, are mistakes (a typo would otherwise read as "nothing
-    failed"): UnknownJobError and InvalidArgumentsError name them.
+    failed"): UnknownJobError and InvalidArgumentsError name them, unless not ``strict``
+    (the jobs of a cause just requeued are no longer failed).
     """
     everything = read_failed(connection, settings, which.queue)
+    if not strict:
+        return Found([failed for failed in everything if which.admits(failed)], len(everything))
     catalog = {entry.name for entry in get_catalog()}
     if which.job is not None and which.job not in catalog | {failed.name for failed in everything}:
         raise UnknownJobError(f"unknown job {which.job!r}; known jobs: {', '.join(sorted(catalog)) or 'none'}")
@@ -214,18 +219,34 @@ def with_details(connection: Redis, failed: Sequence[FailedJob]) -> list[FailedJ
     return detailed
 
 
+#: For each job id: its data, its end time, and its latest result's type and traceback, in one call a
+#: batch. As commands, 2,000 a batch: redis-py's packing of them was most of a summary's time.
+READ_SCRIPT = f"""
+local out = {{}}
+for i, job_id in ipairs(ARGV) do
+    local job = redis.call('HMGET', '{_JOB_PREFIX}' .. job_id, 'data', 'ended_at')
+    local latest = redis.call('XREVRANGE', '{_RESULTS}' .. job_id, '+', '-', 'COUNT', 1)[1]
+    local kind, traceback = false, false
+    if latest then
+        local fields = latest[2]
+        for f = 1, #fields, 2 do
+            local name, value = fields[f], fields[f + 1]
+            if name == 'type' then kind = value elseif name == 'exc_string' then traceback = value end
+        end
+    end
+    out[i] = {{job[1], job[2], kind, traceback}}
+end
+return out
+"""
+
+
 def _read(connection: Redis, queue: str, job_ids: list[str]) -> Iterator[FailedJob]:
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hmget(_JOB_PREFIX + job_id, "data", "ended_at")
-            pipe.xrevrange(_RESULTS + job_id, count=1)
-        read = pipe.execute()
+    read = lua(connection, READ_SCRIPT)(args=job_ids, client=connection)
     names: dict[bytes, str] = {}
-    for index, job_id in enumerate(job_ids):
-        (data, ended_at), results = read[2 * index], read[2 * index + 1]
-        if data is None:
+    for job_id, (data, ended_at, kind, traceback) in zip(job_ids, read, strict=True):
+        if not data:
             continue  # expired, or deleted, between the registry read and this one
-        error = _error(results)
+        error = _error(traceback) if kind == _FAILED else ""
         yield FailedJob(
             id=job_id,
             queue=queue,
@@ -252,15 +273,12 @@ def _name(data: bytes, known: dict[bytes, str]) -> str:
     return known[path]
 
 
-def _error(results: list[tuple[bytes, dict[bytes, bytes]]]) -> str:
-    """The last line of the latest result's traceback, as ``taskctl.status.full_error`` reads it."""
-    if not results:
-        return ""
-    fields = results[0][1]
-    if fields.get(b"type") != str(Result.Type.FAILED.value).encode() or not fields.get(b"exc_string"):
+def _error(traceback: bytes | None) -> str:
+    """The last line of a result's traceback (RQ stores it compressed), as ``taskctl.status.last_line`` reads it."""
+    if not traceback:
         return ""
     try:
-        return last_line(zlib.decompress(b64decode(fields[b"exc_string"])).decode(errors="replace"))
+        return zlib.decompress(b64decode(traceback)).decode(errors="replace").rstrip().rpartition("\n")[2].strip()
     except (ValueError, zlib.error):
         return ""
 

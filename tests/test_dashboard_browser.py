@@ -203,6 +203,33 @@ def test_the_limits_page_shows_each_limit_in_use_and_waiting_from_the_navigation
     screenshot(page, "limits")
 
 
+def test_the_failures_page_filters_by_cause_and_requeues_those_from_the_navigation(
+    web: Callable[..., str], page: Any
+) -> None:
+    refused = [job_id_from(taskctl("enqueue", "fail", f"order {n} refused").output) for n in (7, 42)]
+    full = job_id_from(taskctl("enqueue", "fail", "disk full", "--queue", "low").output)
+    run_burst_worker()
+    base = web()
+
+    page.goto(base + "/")
+    page.get_by_role("link", name="Failures").click()
+    page.wait_for_url(base + "/failures")
+    assert page.locator("#failures-count").inner_text() == "3 failed job(s)."
+    cells = page.locator("#causes tbody tr", has_text="refused").locator("td").all_inner_texts()
+    assert [cells[0], cells[1], cells[2], cells[5]] == ["fail", "RuntimeError: order <n> refused", "2", "default"]
+    page.get_by_role("link", name="RuntimeError: order <n> refused").click()
+    page.wait_for_url(re.compile(r".*/failures\?.*cause=RuntimeError.*"))
+    assert page.locator("#failures-count").inner_text() == "2 failed job(s) of 3."
+    assert "--cause 'RuntimeError: order <n> refused'" in page.locator("#failures-command").inner_text()
+    screenshot(page, "failures")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Requeue 2").click()
+
+    assert page.locator("#failures-notice").inner_text() == "Requeued 2 job(s)."
+    assert [fields(taskctl("status", job_id).output)["status"] for job_id in refused] == ["queued", "queued"]
+    assert fields(taskctl("status", full).output)["status"] == "failed"
+
+
 PAYLOADS = ['<img src=x onerror="window.__xss=1">', "</script><script>window.__xss=2</script>"]
 
 

@@ -41,6 +41,7 @@ from tests.conftest import (
     taskctl,
     worker_command,
 )
+from tests.effects import SHORT_LEASE_ENV
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -489,8 +490,9 @@ def test_in_process_a_job_out_of_memory_fails_and_a_crash_is_recovered_while_the
     command = [str(BIN / "rq"), "worker-pool", "-c", "taskctl.rqconfig", "-w", IN_PROCESS, "-n", "1"]
     out = tmp_path / "pool.log"
     with open(out, "wb") as log:
-        pool = subprocess.Popen(command, env=dict(os.environ, TASKCTL_JOB_MEMORY_LIMIT_MB="512"), cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        # Short leases: the crashed run is found abandoned in seconds, not after the default's minute.
+        env = dict(os.environ, TASKCTL_JOB_MEMORY_LIMIT_MB="512", **SHORT_LEASE_ENV)
+        pool = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         final = wait_until_final(redis, [hog, crash, after], timeout=90)
         assert final == {hog: "failed", crash: "failed", after: "finished"}, out.read_text()[-3000:]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -81,7 +85,8 @@ def test_with_credentials_every_page_needs_them_but_healthz(web: Callable[..., s
     base = web(TASKCTL_DASHBOARD_USERNAME="ops", TASKCTL_DASHBOARD_PASSWORD="s3cret-pw")
     job_id = failed_job_on_default()
 
-    for path in ("/", "/0/data/queues.json", f"/0/view/job/{job_id}", "/schedules", "/limits", "/metrics"):
+    for path in ("/", "/0/data/queues.json", f"/0/view/job/{job_id}", "/schedules", "/limits", "/failures",
+                 "/metrics"):  # fmt: skip
         status, _, headers = fetch(base, path)
         assert status == 401, path
         assert headers["WWW-Authenticate"].startswith('Basic realm="taskctl dashboard"')
@@ -100,11 +105,53 @@ def test_read_only_mode_refuses_every_action(web: Callable[..., str]) -> None:
     job_id = failed_job_on_default()
 
     for path in (f"/job/{job_id}/requeue", f"/job/{job_id}/delete", "/requeue/default", "/queue/default/failed/empty",
-                 "/queue/default/compact"):  # fmt: skip
+                 "/queue/default/compact", "/failures/requeue", "/failures/delete"):  # fmt: skip
         status, body, _ = fetch(base, path, "POST", {"Origin": base})
         assert (status, body) == (403, "the dashboard is read-only (TASKCTL_DASHBOARD_READ_ONLY)\n"), path
     assert fetch(base, "/")[0] == 200
     assert fields(taskctl("status", job_id).output)["status"] == "failed"
+
+
+def post_form(base: str, path: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(base + path, data=urlencode(form).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_failures_page_summarizes_by_cause_and_requeues_what_it_showed(web: Callable[..., str]) -> None:
+    base = web()
+    refused = [job_id_from(taskctl("enqueue", "fail", f"order {n} refused").output) for n in (1, 2)]
+    full = job_id_from(taskctl("enqueue", "fail", "disk full").output)
+    run_burst_worker()
+
+    status, body, _ = fetch(base, "/failures?cause=refused")
+    assert status == 200
+    assert '<p id="failures-count">2 failed job(s) of 3.</p>' in body
+    assert ">RuntimeError: order &lt;n&gt; refused</a></td><td>2</td>" in body
+    pinned = re.search(r'name="pinned" value="([^"]+)"', body)
+    assert pinned
+    form = {"cause": "refused", "pinned": pinned.group(1)}
+
+    assert post_form(base, "/failures/requeue", form, {"Origin": "http://evil.example"})[0] == 403
+    assert post_form(base, "/failures/delete", form, {})[0] == 403
+    status, body = post_form(base, "/failures/requeue", form, {"Origin": base})
+
+    assert status == 200 and '<div id="failures-notice" class="alert alert-success">Requeued 2 job(s).</div>' in body
+    assert [fields(taskctl("status", job_id).output)["status"] for job_id in refused] == ["queued", "queued"]
+    assert fields(taskctl("status", full).output)["status"] == "failed"
+
+
+def test_the_failures_page_names_a_bad_filter(web: Callable[..., str]) -> None:
+    base = web()
+    failed_job_on_default()
+
+    status, body, _ = fetch(base, "/failures?since=yesterday")
+
+    assert status == 400
+    assert "--since &#39;yesterday&#39; is neither a time ago (30m, 2h, 1d) nor an ISO 8601 time" in body
 
 
 def test_binding_beyond_loopback_without_credentials_refuses_to_start(configured: str) -> None:

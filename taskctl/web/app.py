@@ -227,7 +227,7 @@ def act_on_failures(instance_number: int, action: str) -> Response:
         return _failures_page(instance_number, filters, problem=str(exc))
     left = f"; {len(outcome.left)} were no longer failed and were left alone" if outcome.left else ""
     notice = f"{'Requeued' if action == 'requeue' else 'Deleted'} {len(outcome.done)} job(s){left}."
-    return _failures_page(instance_number, filters, notice=notice)
+    return _failures_page(instance_number, filters, notice=notice, strict=False)
 
 
 def _filters(values: Any) -> dict[str, str | None]:
@@ -235,7 +235,11 @@ def _filters(values: Any) -> dict[str, str | None]:
 
 
 def _failures_page(
-    instance_number: int, filters: dict[str, str | None], notice: str | None = None, problem: str | None = None
+    instance_number: int,
+    filters: dict[str, str | None],
+    notice: str | None = None,
+    problem: str | None = None,
+    strict: bool = True,
 ) -> Response:
     import shlex
 
@@ -249,7 +253,7 @@ def _failures_page(
     try:
         which = failure_filter(settings, filters["job"], filters["queue"], filters["cause"], filters["since"],
                                filters["until"], now)  # fmt: skip
-        found = find_failed(_redis(), settings, which)
+        found = find_failed(_redis(), settings, which, strict)
         latest = with_details(_redis(), found.matched[:FAILURES_PAGE_ROWS])
     except TaskctlError as exc:
         problem = problem or str(exc)
