@@ -578,7 +578,7 @@ def failed(
 def _causes_table(causes: Sequence[Any]) -> None:
     _table(
         ("JOB", "CAUSE", "FAILED", "FIRST", "LAST", "QUEUES"),
-        [(c.job, _cut(c.cause, 70), c.count, _time(c.first_failed), _time(c.last_failed), ",".join(c.queues))
+        [(c.job, _cut(c.cause, 90), c.count, _time(c.first_failed), _time(c.last_failed), ",".join(c.queues))
          for c in causes],
     )  # fmt: skip
 

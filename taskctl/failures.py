@@ -1,8 +1,8 @@
 """Failed jobs at scale: what failed, why, how many, since when, and which of them to act on.
 
 Read from RQ's FailedJobRegistry of each configured queue, the job hashes and the
-jobs' latest results, a thousand jobs a round trip (one script call): a summary of
-100,000 failures is a hundred round trips, not 200,000. A failure's cause is its exception
+jobs' latest results, 200 jobs a round trip (one script call): a summary of 100,000
+failures is 500 round trips, not 200,000. A failure's cause is its exception
 and message folded (``taskctl.causes``), so that an outage's thousands of failures
 are a few lines. One filter selects what ``taskctl failed`` lists and what its
 requeue and delete act on (``taskctl.failed_actions``).
@@ -33,8 +33,6 @@ from taskctl.settings import Settings
 from taskctl.status import UNREADABLE
 from taskctl.when import parse_delay, show_time
 
-#: Jobs read per round trip.
-BATCH = 1000
 #: Bytes of a job's data inflated to read its function's name, which comes first.
 _NAME_BYTES = 512
 _FUNC = re.compile(rb'\s*\[\s*"((?:[^"\\]|\\.)*)"')
@@ -219,8 +217,8 @@ def with_details(connection: Redis, failed: Sequence[FailedJob]) -> list[FailedJ
     return detailed
 
 
-#: For each job id: its data, its end time, and its latest result's type and traceback, in one call a
-#: batch. As commands, 2,000 a batch: redis-py's packing of them was most of a summary's time.
+#: For each job id: its data, its end time, and its latest result's type, traceback and id (a time).
+#: One call a batch: as 2,000 commands, redis-py's packing of them was most of a summary's time.
 READ_SCRIPT = f"""
 local out = {{}}
 for i, job_id in ipairs(ARGV) do
@@ -234,26 +232,29 @@ for i, job_id in ipairs(ARGV) do
             if name == 'type' then kind = value elseif name == 'exc_string' then traceback = value end
         end
     end
-    out[i] = {{job[1], job[2], kind, traceback}}
+    out[i] = {{job[1], job[2], kind, traceback, latest and latest[1] or false}}
 end
 return out
 """
+#: Jobs per script call: a call holds Redis for its batch, about 20 µs a job.
+BATCH = 200
 
 
 def _read(connection: Redis, queue: str, job_ids: list[str]) -> Iterator[FailedJob]:
     read = lua(connection, READ_SCRIPT)(args=job_ids, client=connection)
     names: dict[bytes, str] = {}
-    for job_id, (data, ended_at, kind, traceback) in zip(job_ids, read, strict=True):
+    for job_id, (data, ended_at, kind, error, result_id) in zip(job_ids, read, strict=True):
         if not data:
             continue  # expired, or deleted, between the registry read and this one
-        error = _error(traceback) if kind == _FAILED else ""
+        line = _error(error) if kind == _FAILED else ""
+        if ended_at:
+            failed_at: datetime | None = parse_time(ended_at)
+        elif result_id:  # an abandoned run has no end time: its result's id is when it was failed
+            failed_at = datetime.fromtimestamp(int(result_id.split(b"-")[0]) / 1000, UTC)
+        else:
+            failed_at = None
         yield FailedJob(
-            id=job_id,
-            queue=queue,
-            name=_name(data, names),
-            error=error,
-            cause=fold(error),
-            failed_at=parse_time(ended_at) if ended_at else None,
+            id=job_id, queue=queue, name=_name(data, names), error=line, cause=fold(line), failed_at=failed_at
         )
 
 

@@ -9,6 +9,7 @@ Run alone with ``pytest -m faults``; ``--soak N`` multiplies the sizes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -498,6 +499,9 @@ def test_in_process_a_job_out_of_memory_fails_and_a_crash_is_recovered_while_the
         assert final == {hog: "failed", crash: "failed", after: "finished"}, out.read_text()[-3000:]
         assert "MemoryError" in taskctl("status", hog).output
         assert "AbandonedJobError" in taskctl("failed", "show", crash).output
+        # An abandoned run has no end time: `taskctl failed` dates it by its failure's record.
+        [listed] = json.loads(taskctl("failed", "--json", "--job", "segfault").output)["latest"]
+        assert "AbandonedJobError" in listed["cause"] and listed["failed_at"] is not None, listed
         assert pool.poll() is None
         assert "is dead" in out.read_text()  # the pool saw its worker die, and started another
     finally:
