@@ -536,6 +536,13 @@ def failed(
 ) -> None:  # fmt: skip
     """Failed jobs: how many by job and cause, then the latest. Subcommands act on them."""
     if ctx.invoked_subcommand is not None:
+        given = [f"--{name}" for name, value in (("job", job), ("queue", queue), ("cause", cause), ("since", since),
+                                                 ("until", until)) if value is not None]  # fmt: skip
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)} before {ctx.invoked_subcommand!r} would not narrow it; put the filters "
+                f"after it: taskctl failed {ctx.invoked_subcommand} {' '.join(given)} ..."
+            )
         return
     from taskctl.connection import connect
     from taskctl.failures import failure_filter, find_failed, summarize, with_details

@@ -15,10 +15,12 @@ import re
 import time
 import zlib
 from base64 import b64decode
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from redis import Redis
@@ -152,10 +154,17 @@ def read_failed(connection: Redis, settings: Settings, queue: str | None = None)
             # Scores are expiry times: the ones past are gone, or about to be (RQ's cleanup).
             pipe.zrangebyscore(Queue(name, connection=connection).failed_job_registry.key, now, "+inf")
         listed = pipe.execute()
+    batches = [(name, chunk) for name, ids in zip(names, listed, strict=True)
+               for chunk in _chunks([job_id.decode() for job_id in ids], BATCH)]  # fmt: skip
+    script = lua(connection, READ_SCRIPT)
     found: list[FailedJob] = []
-    for name, ids in zip(names, listed, strict=True):
-        for chunk in _chunks([job_id.decode() for job_id in ids], BATCH):
-            found.extend(_read(connection, name, chunk))
+    # Redis runs a batch's script while this thread reads the one before: about half the time.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        ahead: deque[Future[Any]] = deque()
+        for index, (name, chunk) in enumerate(batches):
+            while len(ahead) < READ_AHEAD and index + len(ahead) < len(batches):
+                ahead.append(reader.submit(script, args=batches[index + len(ahead)][1], client=connection))
+            found.extend(_parse(name, chunk, ahead.popleft().result()))
     oldest = datetime.min.replace(tzinfo=UTC)
     found.sort(key=lambda failed: failed.failed_at or oldest, reverse=True)
     return found
@@ -238,10 +247,11 @@ return out
 """
 #: Jobs per script call: a call holds Redis for its batch, about 20 µs a job.
 BATCH = 200
+#: Script calls sent ahead of the batch being read.
+READ_AHEAD = 2
 
 
-def _read(connection: Redis, queue: str, job_ids: list[str]) -> Iterator[FailedJob]:
-    read = lua(connection, READ_SCRIPT)(args=job_ids, client=connection)
+def _parse(queue: str, job_ids: list[str], read: list[list[Any]]) -> Iterator[FailedJob]:
     names: dict[bytes, str] = {}
     for job_id, (data, ended_at, kind, error, result_id) in zip(job_ids, read, strict=True):
         if not data:

@@ -131,3 +131,35 @@ def test_the_limits_section_reports_what_each_kind_of_limit_costs(tmp_path: Path
         assert values["jobs_per_s"] > 0 and values["commands_per_job"] > 1, label
         assert label in done.stdout
     assert "limits (issue 21): taskctl no-op jobs under a limit that never binds" in done.stdout
+
+
+def test_the_failures_section_reports_summary_requeue_and_delete_beside_stock_rqs_way(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--systems", "failures", "--failed", "300", "--rq-sample", "30",
+         "--repeats", "1", "--json", str(out)],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    medians = json.loads(out.read_text())["failures"]["medians"]
+    for key in (
+        "summary_s",
+        "cli_summary_s",
+        "rq_summary_s",
+        "requeue_jobs_per_s",
+        "rq_requeue_jobs_per_s",
+        "delete_jobs_per_s",
+        "rq_delete_jobs_per_s",
+        "summary_commands_per_job",
+        "requeue_commands_per_job",
+    ):
+        assert medians[key] > 0, key
+    assert "failed jobs at scale (issue 22): 300 failed jobs of 3 causes" in done.stdout
+    for label in (
+        "summary, in-process",
+        "requeue one cause, jobs/s",
+        "delete the rest, jobs/s",
+        "goal: `taskctl failed` on 300 failed jobs in a few seconds",
+    ):
+        assert label in done.stdout, label

@@ -158,6 +158,11 @@ def test_delete_removes_failed_jobs_for_good(configured: str) -> None:
         (["failed", "requeue", "--all", "--rate", "0/s"], "Error: --rate: rate '0/s' is not starts per period; "),
         (["failed", "requeue", "--all", "--rate", "fast"], "expected e.g. 20/s, 100/m, 5/30s"),
         (["failed", "--limit", "-1"], "Invalid value for '--limit': -1 is not in the range x>=0."),
+        (
+            ["failed", "--cause", "boom", "delete"],
+            "Error: --cause before 'delete' would not narrow it; put the filters "
+            "after it: taskctl failed delete --cause ...",
+        ),
     ],
 )
 def test_bad_failure_operations_are_refused_with_what_is_expected(
@@ -303,3 +308,21 @@ def test_unique_without_a_job_id_is_a_usage_error(configured: str, redis: Redis)
     assert result.exit_code == 2
     assert "Error: unique needs a job id: the id is what makes the job unique" in result.output
     assert redis.dbsize() == 0
+
+
+def test_the_python_api_takes_the_cli_parameters(configured: str, redis: Redis) -> None:
+    from taskctl.failed_actions import delete_failed, requeue_failed
+    from taskctl.failures import summarize
+
+    refused = sorted(failed_job("fail", f"order {n} refused") for n in (1, 2))
+    full = failed_job("fail", "disk full")
+    run_burst_worker()
+
+    preview = requeue_failed(cause="refused", since="10m", dry_run=True)
+    assert sorted(preview.selection.job_ids) == refused and preview.done == []
+    assert [(c.cause, c.count) for c in summarize(preview.selection.failed)] == [("RuntimeError: order <n> refused", 2)]
+    assert redis.llen("rq:queue:default") == 0
+
+    assert sorted(requeue_failed(cause="refused", rate="100/s").done) == refused
+    assert delete_failed(job="fail").done == [full]
+    assert sorted(redis.lrange("rq:queue:default", 0, -1)) == [job_id.encode() for job_id in refused]
