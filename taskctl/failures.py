@@ -33,7 +33,7 @@ from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError, Unknown
 from taskctl.rqclasses import FAILED_RUNS, Queue, parse_time
 from taskctl.settings import Settings
 from taskctl.status import UNREADABLE
-from taskctl.when import parse_delay, show_time
+from taskctl.when import parse_at, parse_delay, show_time
 
 #: Bytes of a job's data inflated to read its function's name, which comes first.
 _NAME_BYTES = 512
@@ -111,12 +111,11 @@ def moment(value: str | datetime | None, option: str, tz: ZoneInfo, now: datetim
     except InvalidArgumentsError:
         pass
     try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return parse_at(value, tz)
+    except InvalidArgumentsError:
         raise InvalidArgumentsError(
             f"{option} {value!r} is neither a time ago (30m, 2h, 1d) nor an ISO 8601 time (2026-12-01T09:00)"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
 def failure_filter(
