@@ -614,8 +614,8 @@ def failed_requeue(job_ids: tuple[str, ...], all_jobs: bool, rate: str | None, d
                    **filters: str | None) -> None:  # fmt: skip
     """Put failed jobs back on their queues for one more try each: JOB_IDS, or --all and/or filters.
 
-    Interrupted (Ctrl-C), it stops between two batches; it says how to go on, and going on
-    requeues no job twice.
+    Interrupted (Ctrl-C), it has moved whole batches only (each is one transaction); it says
+    how to go on, and going on requeues no job twice.
     """
     from taskctl.failed_actions import requeue_failed
 
