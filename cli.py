@@ -544,24 +544,19 @@ def failed(
                 f"after it: taskctl failed {ctx.invoked_subcommand} {' '.join(given)} ..."
             )
         return
-    from taskctl.connection import connect
-    from taskctl.failures import failure_filter, find_failed, summarize, with_details
-    from taskctl.settings import get_settings
+    from taskctl.failures import list_failed
 
-    settings = get_settings()
-    connection = connect(settings)
-    which = failure_filter(settings, job, queue, cause, since, until)
-    found = find_failed(connection, settings, which)
-    causes = summarize(found.matched)
-    latest = with_details(connection, found.matched[:limit])
+    found = list_failed(job, queue, cause, since, until, limit)
     if as_json:
         click.echo(_json({
             "failed": found.total,
-            "matched": len(found.matched),
+            "matched": found.matched,
             "causes": [{"job": c.job, "cause": c.cause, "count": c.count, "queues": list(c.queues),
-                        "first_failed": _iso(c.first_failed), "last_failed": _iso(c.last_failed)} for c in causes],
+                        "first_failed": _iso(c.first_failed), "last_failed": _iso(c.last_failed)}
+                       for c in found.causes],
             "latest": [{"id": f.id, "queue": f.queue, "job": f.name, "call": f.description, "error": f.error,
-                        "cause": f.cause, "attempts": f.attempts, "failed_at": _iso(f.failed_at)} for f in latest],
+                        "cause": f.cause, "attempts": f.attempts, "failed_at": _iso(f.failed_at)}
+                       for f in found.latest],
         }))  # fmt: skip
         return
     if not found.total:
@@ -570,15 +565,16 @@ def failed(
     if not found.matched:
         click.echo(f"No failed job matches (of {found.total} failed).")
         return
-    of = f" (of {found.total})" if which.narrows else ""
-    click.echo(f"{len(found.matched)} failed jobs{of}, by job and cause:")
-    _causes_table(causes)
-    if latest:
-        click.echo(f"\nThe latest {len(latest)} (--limit for more; `taskctl failed show ID` for a traceback):")
+    narrowed = any(value is not None for value in (job, queue, cause, since, until))
+    of = f" (of {found.total})" if narrowed else ""
+    click.echo(f"{found.matched} failed jobs{of}, by job and cause:")
+    _causes_table(found.causes)
+    if found.latest:
+        click.echo(f"\nThe latest {len(found.latest)} (--limit for more; `taskctl failed show ID` for a traceback):")
         _table(
             ("JOB ID", "QUEUE", "CALL", "ERROR", "ATTEMPTS", "FAILED AT"),
             [(f.id, f.queue, _cut(f.description, 50), _cut(f.error, 80), f.attempts, _time(f.failed_at))
-             for f in latest],
+             for f in found.latest],
         )  # fmt: skip
 
 

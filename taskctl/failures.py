@@ -28,10 +28,10 @@ from rq.results import Result
 
 from taskctl.catalog import get_catalog
 from taskctl.causes import fold, matches
-from taskctl.connection import lua
+from taskctl.connection import connect, lua
 from taskctl.exceptions import InvalidArgumentsError, InvalidQueueError, UnknownJobError
 from taskctl.rqclasses import FAILED_RUNS, Queue, parse_time
-from taskctl.settings import Settings
+from taskctl.settings import Settings, get_settings
 from taskctl.status import UNREADABLE
 from taskctl.when import parse_at, parse_delay, show_time
 
@@ -96,10 +96,6 @@ class FailureFilter:
         if moment is None:
             return False
         return (self.since is None or moment >= self.since) and (self.until is None or moment <= self.until)
-
-    @property
-    def narrows(self) -> bool:
-        return any(value is not None for value in (self.job, self.queue, self.cause, self.since, self.until))
 
 
 def moment(value: str | datetime | None, option: str, tz: ZoneInfo, now: datetime) -> datetime | None:
@@ -196,6 +192,34 @@ def find_failed(connection: Redis, settings: Settings, which: FailureFilter, str
         shown = "; ".join(c.cause for c in causes[:5]) + ("; …" if len(causes) > 5 else "")
         raise InvalidArgumentsError(f"no failed job's cause matches {cause!r}; the causes are: {shown}")
     return Found([failed for failed in everything if which.admits(failed)], len(everything))
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What ``taskctl failed`` shows: the summary of the matching failed jobs, then the latest of them."""
+
+    total: int
+    matched: int
+    causes: list[Cause]
+    latest: list[FailedJob]
+
+
+def list_failed(
+    job: str | None = None,
+    queue: str | None = None,
+    cause: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    limit: int = 20,
+    connection: Redis | None = None,
+    settings: Settings | None = None,
+) -> Listing:
+    """``taskctl failed``: the failed jobs by job and cause, and the ``limit`` latest, with their calls."""
+    settings = settings or get_settings()
+    connection = connection or connect(settings)
+    found = find_failed(connection, settings, failure_filter(settings, job, queue, cause, since, until))
+    latest = with_details(connection, found.matched[:limit])
+    return Listing(found.total, len(found.matched), summarize(found.matched), latest)
 
 
 def summarize(failed: Iterable[FailedJob]) -> list[Cause]:

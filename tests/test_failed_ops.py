@@ -326,3 +326,18 @@ def test_the_python_api_takes_the_cli_parameters(configured: str, redis: Redis) 
     assert sorted(requeue_failed(cause="refused", rate="100/s").done) == refused
     assert delete_failed(job="fail").done == [full]
     assert sorted(redis.lrange("rq:queue:default", 0, -1)) == [job_id.encode() for job_id in refused]
+
+
+def test_the_python_listing_takes_the_cli_parameters(configured: str) -> None:
+    from taskctl.failures import list_failed
+
+    refused = [failed_job("fail", f"order {n} refused") for n in (1, 2)]
+    failed_job("fail", "disk full")
+    run_burst_worker()
+
+    found = list_failed(cause="refused", since="10m", limit=1)
+
+    assert (found.total, found.matched) == (3, 2)
+    assert [(c.job, c.cause, c.count) for c in found.causes] == [("fail", "RuntimeError: order <n> refused", 2)]
+    [latest] = found.latest  # order 2 failed last
+    assert (latest.id, latest.description, latest.attempts) == (refused[1], "fail('order 2 refused')", 1)
