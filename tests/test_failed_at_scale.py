@@ -28,7 +28,8 @@ CAUSES = {
     "push": "TimeoutError: push gateway timed out after <n> s",
     "stock": "RuntimeError: inventory answered <n> for order <n>",
 }
-RATE = 2000
+#: Half the speed of an unpaced requeue here (about 2,400 a second): the pace is what the timing shows.
+RATE = 1000
 
 
 def run_workers(count: int, timeout: float) -> None:
@@ -71,7 +72,7 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
     listed = [re.split(r"\s{2,}", line)[:3] for line in summary.output.splitlines()[2:]]
     assert sorted(listed) == sorted(["outage", CAUSES[s], str(len(of[s]))] for s in SERVICES)
 
-    (down / "mail").unlink()  # the mail server is back: put back its jobs, and only those, 2,000 a second
+    (down / "mail").unlink()  # the mail server is back: put back its jobs, and only those, 1,000 a second
     command = [str(BIN / "taskctl"), "failed", "requeue", "--cause", "ConnectionRefusedError", "--rate", str(RATE)]
     first = subprocess.Popen([*command[:-1], f"{RATE}/s"], env=dict(os.environ), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

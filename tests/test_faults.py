@@ -323,7 +323,8 @@ def test_a_worker_killed_alone_takes_its_work_horse_with_it(
 ) -> None:
     """Only the main process is killed: its horse must not go on running the job unsupervised."""
     log = tmp_path / "runs.log"
-    job_id, victim, _horse = one_job_running(workers, log, seconds=6, worker_class=FORKING)
+    # Short leases: the killed run is recovered in seconds (what is tested here is that the horse dies too).
+    job_id, victim, _horse = one_job_running(workers, log, seconds=6, worker_class=FORKING, **SHORT_LEASE_ENV)
     children = psutil.Process(victim.pid).children()  # the horse, and RQ's scheduler process if it has the lock
     victim.send_signal(signal.SIGKILL)
 
@@ -331,7 +332,7 @@ def test_a_worker_killed_alone_takes_its_work_horse_with_it(
     while any(is_running(child) for child in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(is_running(child) for child in children)  # gone at once: PR_SET_PDEATHSIG
-    workers()
+    workers(**SHORT_LEASE_ENV)
     final = wait_until_final(redis, [job_id], timeout=90)
 
     assert final[job_id] == "finished"
@@ -665,7 +666,8 @@ def test_workers_killed_while_they_hold_several_short_jobs_lose_nothing(
     """Short jobs are started several per step (TASKCTL_PREFETCH): a worker SIGKILLed takes them all with it."""
     log = tmp_path / "runs.log"
     ids = enqueue_tallies(log, 8000 * soak, 0.001)
-    pool = [workers(IN_PROCESS) for _ in range(2)]
+    # Short leases: the killed workers' jobs come back in seconds (what is tested is that none is lost).
+    pool = [workers(IN_PROCESS, **SHORT_LEASE_ENV) for _ in range(2)]
     rng = random.Random(8)
     held: list[int] = []
     time.sleep(2)  # both up and busy
@@ -676,7 +678,7 @@ def test_workers_killed_while_they_hold_several_short_jobs_lose_nothing(
         held.append(sum(1 for job in in_flight(redis, ids, {worker_name(victim.pid)}, "", 0.0) if job.dead_worker))
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
-        pool[number] = workers(IN_PROCESS)
+        pool[number] = workers(IN_PROCESS, **SHORT_LEASE_ENV)
 
     result = audit(redis, ids, log, timeout=240)
 
