@@ -32,16 +32,21 @@ CAUSES = {
 RATE = 1000
 
 
-def run_workers(count: int, timeout: float) -> None:
-    """Real `rq worker --burst` processes side by side, until the queues are empty."""
-    workers = [
-        subprocess.Popen(worker_command("--burst", "-q"), env=dict(os.environ), cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for _ in range(count)
-    ]  # fmt: skip
-    for worker in workers:
-        _, errors = worker.communicate(timeout=timeout)
-        assert worker.returncode == 0, errors
+def run_workers(count: int, timeout: float, logs: Path) -> None:
+    """Real `rq worker --burst` processes side by side, until the queues are empty.
+
+    Their output goes to files: each failure logs its traceback, and a pipe read one
+    worker after the other would hold the others back once it is full.
+    """
+    logs.mkdir(exist_ok=True)
+    workers = []
+    for n in range(count):
+        with open(logs / f"worker-{n}.log", "w") as output:
+            workers.append(subprocess.Popen(worker_command("--burst", "-q"), env=dict(os.environ), cwd=ROOT,
+                                            stdout=output, stderr=subprocess.STDOUT))  # fmt: skip
+    for n, worker in enumerate(workers):
+        worker.wait(timeout=timeout)
+        assert worker.returncode == 0, (logs / f"worker-{n}.log").read_text()[-3000:]
 
 
 def runs(log: Path) -> Counter[str]:
@@ -64,7 +69,7 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
         (down / service).touch()
     ids = enqueue_many(prepare("outage", [str(log), str(down), SERVICES[n % 3], n]) for n in range(JOBS))
     of = {service: {job_id for n, job_id in enumerate(ids) if n % 3 == i} for i, service in enumerate(SERVICES)}
-    run_workers(2, timeout=240)
+    run_workers(2, timeout=240, logs=tmp_path / "failing")
     assert runs(log) == Counter(f"{SERVICES[n % 3]} {n}" for n in range(JOBS))
 
     summary = taskctl("failed", "--limit", "0")
@@ -73,8 +78,8 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
     assert sorted(listed) == sorted(["outage", CAUSES[s], str(len(of[s]))] for s in SERVICES)
 
     (down / "mail").unlink()  # the mail server is back: put back its jobs, and only those, 1,000 a second
-    command = [str(BIN / "taskctl"), "failed", "requeue", "--cause", "ConnectionRefusedError", "--rate", str(RATE)]
-    first = subprocess.Popen([*command[:-1], f"{RATE}/s"], env=dict(os.environ), cwd=ROOT,
+    command = [str(BIN / "taskctl"), "failed", "requeue", "--cause", "ConnectionRefusedError", "--rate", f"{RATE}/s"]
+    first = subprocess.Popen(command, env=dict(os.environ), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_until(lambda: redis.llen("rq:queue:default") >= len(of["mail"]) // 2, timeout=60)
     first.send_signal(signal.SIGINT)
@@ -99,7 +104,7 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
     still_failed = {job_id.decode() for job_id in redis.zrange("rq:failed:default", 0, -1)}
     assert still_failed == of["push"] | of["stock"]
 
-    run_workers(2, timeout=120)
+    run_workers(2, timeout=120, logs=tmp_path / "recovered")
 
     assert runs(log) == Counter(
         f"{SERVICES[n % 3]} {n}" for n in range(JOBS) for _ in range(2 if SERVICES[n % 3] == "mail" else 1)
