@@ -652,18 +652,26 @@ def _act(
 ) -> None:  # fmt: skip
     from datetime import UTC
 
+    from taskctl.failures import moment
+    from taskctl.settings import get_settings
+
     # A selection by filters ends now (unless --until says when): the jobs that fail while it
-    # runs are not part of it, and the same --until, given again, resumes exactly this one.
+    # runs are not part of it. Its window, in absolute times, given again resumes exactly it.
     selecting = not job_ids and (all_jobs or any(value is not None for value in filters.values()))
-    if selecting and filters["until"] is None:
-        filters = {**filters, "until": datetime.now(UTC).isoformat()}
+    window = ""
+    if selecting:
+        now, zone = datetime.now(UTC), get_settings().tz
+        since = moment(filters["since"], "--since", zone, now)
+        until = moment(filters["until"], "--until", zone, now) or now
+        filters = {**filters, "since": since.isoformat() if since else None, "until": until.isoformat()}
+        window = (f"--since {filters['since']} " if since else "") + f"--until {filters['until']}"
     progress = _Progress(past)
     try:
         outcome = action(list(job_ids), all_jobs, dry_run=dry_run, progress=progress, **filters, **extra)
     except KeyboardInterrupt:
         raise click.ClickException(
             f"interrupted after {progress.done} job(s) were {past}; to go on, run the same command with "
-            f"--until {filters['until']} (it leaves the jobs {past} already alone)"
+            f"{window} (it leaves the jobs {past} already alone)"
             if selecting
             else f"interrupted after {progress.done} job(s) were {past}"
         ) from None

@@ -78,7 +78,8 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
     assert sorted(listed) == sorted(["outage", CAUSES[s], str(len(of[s]))] for s in SERVICES)
 
     (down / "mail").unlink()  # the mail server is back: put back its jobs, and only those, 1,000 a second
-    command = [str(BIN / "taskctl"), "failed", "requeue", "--cause", "ConnectionRefusedError", "--rate", f"{RATE}/s"]
+    command = [str(BIN / "taskctl"), "failed", "requeue", "--cause", "ConnectionRefusedError", "--since", "1h",
+               "--rate", f"{RATE}/s"]  # fmt: skip
     first = subprocess.Popen(command, env=dict(os.environ), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_until(lambda: redis.llen("rq:queue:default") >= len(of["mail"]) // 2, timeout=60)
@@ -87,13 +88,15 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
     done_first = redis.llen("rq:queue:default")
 
     assert first.returncode == 1, said
+    # The window as absolute times: "1h" again, later, would be another window.
     interrupted = re.search(r"interrupted after (\d+) job\(s\) were requeued; to go on, run the same command "
-                            r"with --until (\S+) \(it leaves the jobs requeued already alone\)", said)  # fmt: skip
+                            r"with --since (\S+) --until (\S+) \(it leaves the jobs requeued already alone\)",
+                            said)  # fmt: skip
     assert interrupted, said
     assert int(interrupted.group(1)) <= done_first < len(of["mail"])
     began = time.monotonic()
     resumed = taskctl("failed", "requeue", "--cause", "ConnectionRefusedError", "--rate", f"{RATE}/s",
-                      "--until", interrupted.group(2))  # fmt: skip
+                      "--since", interrupted.group(2), "--until", interrupted.group(3))  # fmt: skip
     took = time.monotonic() - began
 
     assert resumed.stdout == f"Requeued {len(of['mail']) - done_first} job(s).\n"
