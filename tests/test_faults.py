@@ -160,12 +160,12 @@ def running_tallies(log: Path) -> dict[int, str]:
     return running
 
 
-def horse_of(worker: subprocess.Popen[str], log: Path) -> psutil.Process | None:
+def horse_of(worker: subprocess.Popen[str], log: Path, running: dict[int, str] | None = None) -> psutil.Process | None:
     """The process running a `tally` job for this worker: its work-horse, or itself if it runs jobs in-process.
 
-    A forking worker's other child may be RQ's scheduler.
+    A forking worker's other child may be RQ's scheduler. ``running``: the runs under way, if read already.
     """
-    running = running_tallies(log)
+    running = running_tallies(log) if running is None else running
     try:
         process = psutil.Process(worker.pid)
         return process if worker.pid in running else next((c for c in process.children() if c.pid in running), None)
@@ -612,17 +612,20 @@ def test_every_job_of_a_dead_worker_is_retried_or_failed_within_30_seconds_whate
             else:
                 number = rng.randrange(len(forking))
                 victim = forking[number]
-                horse = horse_of(victim, log)
+                running = running_tallies(log)
+                horse = horse_of(victim, log, running)
                 # A forking worker spends a while between jobs (longer on a loaded machine): kill it in one.
                 found_by = time.monotonic() + 10
                 while horse is None and time.monotonic() < found_by:
                     time.sleep(0.01)
-                    horse = horse_of(victim, log)
+                    running = running_tallies(log)
+                    horse = horse_of(victim, log, running)
                 dead = {worker_name(victim.pid)}
                 if kind == "work-horse" and horse is not None:
                     # Its main process lives on and fails the job within milliseconds of the kill,
-                    # and a 50 ms job may end while 3,000 jobs are read: the horse's own job, from its log.
-                    token = running_tallies(log).get(horse.pid)  # enqueue_tallies' t{i} is ids[i]
+                    # and a 50 ms job may end while 3,000 jobs are read: the horse's own job, from the
+                    # same read of the log that found the horse (a second read lost it on a slow run).
+                    token = running.get(horse.pid)  # enqueue_tallies' t{i} is ids[i]
                     held_before = [InFlight(ids[int(token[1:])], kind, 0.0, worker_name(victim.pid))] if token else []
                 if horse is not None and kind in ("whole forking worker", "work-horse"):
                     with contextlib.suppress(psutil.NoSuchProcess):
