@@ -142,24 +142,25 @@ def failure_filter(
 
 def read_failed(connection: Redis, settings: Settings, queue: str | None = None) -> list[FailedJob]:
     """Every failed job of the configured queues (or of ``queue``), the latest failure first."""
-    names = [queue] if queue is not None else list(settings.queues)
+    queues = [queue] if queue is not None else list(settings.queues)
     now = time.time()
     with connection.pipeline(transaction=False) as pipe:
-        for name in names:
+        for name in queues:
             # Scores are expiry times: the ones past are gone, or about to be (RQ's cleanup).
             pipe.zrangebyscore(Queue(name, connection=connection).failed_job_registry.key, now, "+inf")
         listed = pipe.execute()
-    batches = [(name, chunk) for name, ids in zip(names, listed, strict=True)
+    batches = [(name, chunk) for name, ids in zip(queues, listed, strict=True)
                for chunk in _chunks([job_id.decode() for job_id in ids], BATCH)]  # fmt: skip
     script = lua(connection, READ_SCRIPT)
     found: list[FailedJob] = []
+    names: dict[bytes, str] = {}  # function paths -> job names, each looked up once per read
     # Redis runs a batch's script while this thread reads the one before: about half the time.
     with ThreadPoolExecutor(max_workers=1) as reader:
         ahead: deque[Future[Any]] = deque()
         for index, (name, chunk) in enumerate(batches):
             while len(ahead) < READ_AHEAD and index + len(ahead) < len(batches):
                 ahead.append(reader.submit(script, args=batches[index + len(ahead)][1], client=connection))
-            found.extend(_parse(name, chunk, ahead.popleft().result()))
+            found.extend(_parse(name, chunk, ahead.popleft().result(), names))
     oldest = datetime.min.replace(tzinfo=UTC)
     found.sort(key=lambda failed: failed.failed_at or oldest, reverse=True)
     return found
@@ -181,8 +182,12 @@ def find_failed(connection: Redis, settings: Settings, which: FailureFilter, str
     (the jobs of a cause just requeued are no longer failed).
     """
     everything = read_failed(connection, settings, which.queue)
-    if not strict:
-        return Found([failed for failed in everything if which.admits(failed)], len(everything))
+    if strict:
+        _check_names(which, everything)
+    return Found([failed for failed in everything if which.admits(failed)], len(everything))
+
+
+def _check_names(which: FailureFilter, everything: list[FailedJob]) -> None:
     catalog = {entry.name for entry in get_catalog()}
     if which.job is not None and which.job not in catalog | {failed.name for failed in everything}:
         raise UnknownJobError(f"unknown job {which.job!r}; known jobs: {', '.join(sorted(catalog)) or 'none'}")
@@ -191,7 +196,6 @@ def find_failed(connection: Redis, settings: Settings, which: FailureFilter, str
         causes = summarize(everything)
         shown = "; ".join(c.cause for c in causes[:5]) + ("; …" if len(causes) > 5 else "")
         raise InvalidArgumentsError(f"no failed job's cause matches {cause!r}; the causes are: {shown}")
-    return Found([failed for failed in everything if which.admits(failed)], len(everything))
 
 
 @dataclass(frozen=True)
@@ -213,11 +217,16 @@ def list_failed(
     limit: int = 20,
     connection: Redis | None = None,
     settings: Settings | None = None,
+    strict: bool = True,
 ) -> Listing:
-    """``taskctl failed``: the failed jobs by job and cause, and the ``limit`` latest, with their calls."""
+    """``taskctl failed``: the failed jobs by job and cause, and the ``limit`` latest, with their calls.
+
+    ``strict``: see ``find_failed``.
+    """
     settings = settings or get_settings()
     connection = connection or connect(settings)
-    found = find_failed(connection, settings, failure_filter(settings, job, queue, cause, since, until))
+    which = failure_filter(settings, job, queue, cause, since, until)
+    found = find_failed(connection, settings, which, strict)
     latest = with_details(connection, found.matched[:limit])
     return Listing(found.total, len(found.matched), summarize(found.matched), latest)
 
@@ -274,8 +283,7 @@ BATCH = 200
 READ_AHEAD = 2
 
 
-def _parse(queue: str, job_ids: list[str], read: list[list[Any]]) -> Iterator[FailedJob]:
-    names: dict[bytes, str] = {}
+def _parse(queue: str, job_ids: list[str], read: list[list[Any]], names: dict[bytes, str]) -> Iterator[FailedJob]:
     for job_id, (data, ended_at, kind, error, result_id) in zip(job_ids, read, strict=True):
         if not data:
             continue  # expired, or deleted, between the registry read and this one

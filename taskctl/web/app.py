@@ -244,17 +244,14 @@ def _failures_page(
     import shlex
 
     from taskctl.exceptions import TaskctlError
-    from taskctl.failures import Found, failure_filter, find_failed, summarize, with_details
+    from taskctl.failures import Listing, list_failed
 
     settings = _settings()
     zone = settings.tz
     now = datetime.now(UTC)
-    found, latest = Found([], 0), []
+    found = Listing(0, 0, [], [])
     try:
-        which = failure_filter(settings, filters["job"], filters["queue"], filters["cause"], filters["since"],
-                               filters["until"], now)  # fmt: skip
-        found = find_failed(_redis(), settings, which, strict)
-        latest = with_details(_redis(), found.matched[:FAILURES_PAGE_ROWS])
+        found = list_failed(**filters, limit=FAILURES_PAGE_ROWS, connection=_redis(), settings=settings, strict=strict)
     except TaskctlError as exc:
         problem = problem or str(exc)
     given = {name: value for name, value in filters.items() if value is not None}
@@ -262,7 +259,7 @@ def _failures_page(
     causes = [
         (cause, show_time(cause.first_failed, zone), show_time(cause.last_failed, zone),
          f"{page}?{urlencode({**given, 'job': cause.job, 'cause': cause.cause})}")
-        for cause in summarize(found.matched)
+        for cause in found.causes
     ]  # fmt: skip
     options = " ".join(f"--{name} {shlex.quote(value)}" for name, value in given.items() if name != "until")
     command = f"taskctl failed requeue {options} --until {filters['until'] or now.isoformat()} --rate 50/s"
@@ -276,7 +273,7 @@ def _failures_page(
         pinned=now.isoformat(),
         found=found,
         causes=causes,
-        latest=[(failed, show_time(failed.failed_at, zone)) for failed in latest],
+        latest=[(failed, show_time(failed.failed_at, zone)) for failed in found.latest],
         notice=notice,
         problem=problem,
         read_only=settings.dashboard_read_only,

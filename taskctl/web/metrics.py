@@ -9,7 +9,7 @@ alert on the outbox itself, still arrive.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -56,33 +56,31 @@ class TaskctlCollector(Collector):
             "Jobs more than 60 s past their time and not enqueued: no scheduler process is running.",
             scheduled.overdue,
         )
-        limits = limit_stats(self.connection)
-        families = (
-            GaugeMetricFamily("taskctl_limit_running", "Jobs holding a concurrency limit's slot: queued or running.",
-                              labels=["limit"]),
-            GaugeMetricFamily("taskctl_limit_waiting", "Jobs waiting for a slot of a concurrency limit.",
-                              labels=["limit"]),
-            GaugeMetricFamily("taskctl_limit_oldest_wait_seconds",
-                              "How long the longest-waiting job of a concurrency limit has waited (0: none waits).",
-                              labels=["limit"]),
+        yield from _per_limit(
+            (("taskctl_limit_running", "Jobs holding a concurrency limit's slot: queued or running."),
+             ("taskctl_limit_waiting", "Jobs waiting for a slot of a concurrency limit."),
+             ("taskctl_limit_oldest_wait_seconds",
+              "How long the longest-waiting job of a concurrency limit has waited (0: none waits).")),
+            [(limit.name, (limit.running, limit.waiting, limit.oldest_wait)) for limit in limit_stats(self.connection)],
         )  # fmt: skip
-        for limit in limits:
-            for family, value in zip(families, (limit.running, limit.waiting, limit.oldest_wait), strict=True):
-                family.add_metric([limit.name], value)
-        yield from families
-        rate_families = (
-            GaugeMetricFamily("taskctl_rate_recent_starts", "Starts of a rate limit in its last period.",
-                              labels=["limit"]),
-            GaugeMetricFamily("taskctl_rate_waiting", "Jobs set aside by a rate limit until they may start.",
-                              labels=["limit"]),
-            GaugeMetricFamily("taskctl_rate_clears_in_seconds",
-                              "Seconds until the last job a rate limit set aside may start (0: none waits).",
-                              labels=["limit"]),
+        yield from _per_limit(
+            (("taskctl_rate_recent_starts", "Starts of a rate limit in its last period."),
+             ("taskctl_rate_waiting", "Jobs set aside by a rate limit until they may start."),
+             ("taskctl_rate_clears_in_seconds",
+              "Seconds until the last job a rate limit set aside may start (0: none waits).")),
+            [(rate.name, (rate.recent_starts, rate.waiting, rate.clears_in)) for rate in rate_stats(self.connection)],
         )  # fmt: skip
-        for rate in rate_stats(self.connection):
-            for family, value in zip(rate_families, (rate.recent_starts, rate.waiting, rate.clears_in), strict=True):
-                family.add_metric([rate.name], value)
-        yield from rate_families
+
+
+def _per_limit(
+    gauges: Sequence[tuple[str, str]], limits: Iterable[tuple[str, Sequence[float]]]
+) -> list[GaugeMetricFamily]:
+    """One gauge family per (name, help), labelled by limit: each limit's values, in the gauges' order."""
+    families = [GaugeMetricFamily(name, description, labels=["limit"]) for name, description in gauges]
+    for limit, values in limits:
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([limit], value)
+    return families
 
 
 class OutboxCollector(Collector):
