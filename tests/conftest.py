@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,11 +174,11 @@ def worker(configured: str) -> Iterator[subprocess.Popen[str]]:
 
 
 def fetch(
-    base: str, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    base: str, path: str, method: str = "GET", headers: dict[str, str] | None = None, form: dict[str, str] | None = None
 ) -> tuple[int, str, dict[str, str]]:
-    request = urllib.request.Request(
-        base + path, method=method, headers=headers or {}, data=b"" if method == "POST" else None
-    )
+    """A request to a server we started; ``form`` is the body of a POST (urlencoded)."""
+    data = urllib.parse.urlencode(form or {}).encode() if method == "POST" else None
+    request = urllib.request.Request(base + path, method=method, headers=headers or {}, data=data)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode(), dict(response.headers)

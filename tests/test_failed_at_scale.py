@@ -12,13 +12,13 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
 
 from taskctl.enqueue import enqueue_many, prepare
 from tests.conftest import BIN, ROOT, taskctl, worker_command
+from tests.effects import wait_for
 
 JOBS = 20_000
 SERVICES = ("mail", "push", "stock")
@@ -53,13 +53,6 @@ def runs(log: Path) -> Counter[str]:
     return Counter(log.read_text().splitlines())
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not so within {timeout:g} s"
-        time.sleep(0.02)
-
-
 def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_back_once(
     configured: str, redis: Redis, tmp_path: Path
 ) -> None:
@@ -82,7 +75,7 @@ def test_one_cause_requeued_paced_interrupted_and_resumed_puts_each_of_its_jobs_
                "--rate", f"{RATE}/s"]  # fmt: skip
     first = subprocess.Popen(command, env=dict(os.environ), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    wait_until(lambda: redis.llen("rq:queue:default") >= len(of["mail"]) // 2, timeout=60)
+    wait_for(lambda: redis.llen("rq:queue:default") >= len(of["mail"]) // 2, 60, "half the mail jobs requeued")
     first.send_signal(signal.SIGINT)
     _, said = first.communicate(timeout=30)
     done_first = redis.llen("rq:queue:default")

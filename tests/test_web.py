@@ -7,12 +7,9 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -112,15 +109,6 @@ def test_read_only_mode_refuses_every_action(web: Callable[..., str]) -> None:
     assert fields(taskctl("status", job_id).output)["status"] == "failed"
 
 
-def post_form(base: str, path: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, str]:
-    request = urllib.request.Request(base + path, data=urlencode(form).encode(), method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_the_failures_page_summarizes_by_cause_and_requeues_what_it_showed(web: Callable[..., str]) -> None:
     base = web()
     refused = [job_id_from(taskctl("enqueue", "fail", f"order {n} refused").output) for n in (1, 2)]
@@ -135,9 +123,9 @@ def test_the_failures_page_summarizes_by_cause_and_requeues_what_it_showed(web: 
     assert pinned
     form = {"cause": "refused", "pinned": pinned.group(1)}
 
-    assert post_form(base, "/failures/requeue", form, {"Origin": "http://evil.example"})[0] == 403
-    assert post_form(base, "/failures/delete", form, {})[0] == 403
-    status, body = post_form(base, "/failures/requeue", form, {"Origin": base})
+    assert fetch(base, "/failures/requeue", "POST", {"Origin": "http://evil.example"}, form)[0] == 403
+    assert fetch(base, "/failures/delete", "POST", {}, form)[0] == 403
+    status, body, _ = fetch(base, "/failures/requeue", "POST", {"Origin": base}, form)
 
     assert status == 200 and '<div id="failures-notice" class="alert alert-success">Requeued 2 job(s).</div>' in body
     assert [fields(taskctl("status", job_id).output)["status"] for job_id in refused] == ["queued", "queued"]
