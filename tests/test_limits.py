@@ -145,16 +145,22 @@ def test_the_settings_replace_a_declared_limit_and_a_call_replaces_both(
     assert redis.hget("rq:rl:taskctl:add", "concurrency") == b"1"
 
 
-def test_four_workers_on_two_queues_never_run_more_than_the_limit_and_unlimited_jobs_go_on(
+def run_beside_unlimited(
     workers: Callable[..., subprocess.Popen[bytes]],
     redis: Redis,
-    tmp_path: Path,
-) -> None:
-    """Limit 2 for the job, on `high` and `default`; unlimited jobs on the same queues are not held up."""
-    log = tmp_path / "runs.log"
-    limited = [enqueue_call("limited_tally", (str(log), f"L{i}", 0.2), queue=("high", "default")[i % 2]).id
-               for i in range(24)]  # fmt: skip
-    plain = [enqueue_call("tally", (str(log), f"P{i}", 0.05), queue=("high", "default")[i % 2]).id for i in range(40)]
+    log: Path,
+    job: str,
+    prefix: str,
+    count: int,
+    seconds: float,
+    plain_seconds: float,
+) -> tuple[list[str], dict[str, list[tuple[float, float | None]]]]:
+    """``count`` limited tallies (tokens ``prefix``0...) and 40 unlimited ones (P0...), on `high` and `default` in
+    turn, run by 4 workers: all finish, each limited job once. Their ids, and the runs log."""
+    limited = [enqueue_call(job, (str(log), f"{prefix}{i}", seconds), queue=("high", "default")[i % 2]).id
+               for i in range(count)]  # fmt: skip
+    plain = [enqueue_call("tally", (str(log), f"P{i}", plain_seconds), queue=("high", "default")[i % 2]).id
+             for i in range(40)]  # fmt: skip
     for _ in range(4):
         workers()
 
@@ -162,7 +168,18 @@ def test_four_workers_on_two_queues_never_run_more_than_the_limit_and_unlimited_
 
     assert set(final.values()) == {"finished"}, final
     found = runs(log)
-    assert sorted(len(found[f"L{i}"]) for i in range(24)) == [1] * 24  # each ran once
+    assert sorted(len(found[f"{prefix}{i}"]) for i in range(count)) == [1] * count  # each ran once
+    return limited, found
+
+
+def test_four_workers_on_two_queues_never_run_more_than_the_limit_and_unlimited_jobs_go_on(
+    workers: Callable[..., subprocess.Popen[bytes]],
+    redis: Redis,
+    tmp_path: Path,
+) -> None:
+    """Limit 2 for the job, on `high` and `default`; unlimited jobs on the same queues are not held up."""
+    _, found = run_beside_unlimited(workers, redis, tmp_path / "runs.log", "limited_tally", "L", 24, 0.2, 0.05)
+
     limited_spans = finished_spans(found, "L")
     SUMMARIES.append(
         f"limits: concurrency 2, 4 workers, 2 queues, 24 jobs: at most {most_at_once(limited_spans)} "
@@ -238,18 +255,9 @@ def test_a_rate_limit_starts_no_more_than_its_budget_in_any_window_and_unlimited
     workers: Callable[..., subprocess.Popen[bytes]], redis: Redis, tmp_path: Path
 ) -> None:
     """20 per second, 4 workers on 2 queues: any one-second window of starts, slid over the run, holds 20 at most."""
-    log = tmp_path / "runs.log"
-    paced = [enqueue_call("paced_tally", (str(log), f"R{i}", 0.0), queue=("high", "default")[i % 2]).id
-             for i in range(70)]  # fmt: skip
-    plain = [enqueue_call("tally", (str(log), f"P{i}", 0.01), queue=("high", "default")[i % 2]).id for i in range(40)]
-    for _ in range(4):
-        workers()
+    # Each ran once (asserted there): set aside, never failed.
+    paced, found = run_beside_unlimited(workers, redis, tmp_path / "runs.log", "paced_tally", "R", 70, 0.0, 0.01)
 
-    final = wait_until_final(redis, paced + plain, timeout=120)
-
-    assert set(final.values()) == {"finished"}, final
-    found = runs(log)
-    assert sorted(len(found[f"R{i}"]) for i in range(70)) == [1] * 70  # each ran once: set aside, never failed
     starts = sorted(s for s, _ in finished_spans(found, "R"))
     in_any_second = max(sum(1 for t in starts if first <= t < first + 1.0) for first in starts)
     SUMMARIES.append(
